@@ -1,0 +1,3 @@
+"""kdlens: explainable knowledge distillation."""
+
+__version__ = "0.1.0"

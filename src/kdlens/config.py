@@ -1,0 +1,256 @@
+"""Typed experiment config: one YAML file per experiment plus ``key.sub=value`` overrides.
+
+Every section is a pydantic model with ``extra="forbid"``. Options that only make sense for one
+choice (a dataset's options, a schedule's warm-up, a loss term's temperature) live in that choice's
+own model, selected by its ``name``, so an option that nothing reads is an unknown key — an error
+that lists the valid keys.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+from kdlens.data import DataConfigBase, dataset_config_types
+from kdlens.distill import loss_config_types
+from kdlens.distill.kd import CEConfig
+from kdlens.registry import unknown_name_message
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names every problem and its fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Section):
+    name: str
+    checkpoint: str | None = None
+    """Weights to start from (a kdlens checkpoint); required for the teacher."""
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from kdlens.models import MODELS
+
+        if name not in MODELS:
+            raise ValueError(unknown_name_message("model", name, MODELS.names()))
+        return name
+
+
+class SGDConfig(_Section):
+    name: Literal["sgd"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+
+
+class AdamConfig(_Section):
+    name: Literal["adam", "adamw", "radam"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+class StepSchedule(_Section):
+    """Multiply the learning rate by ``gamma`` at each milestone epoch."""
+
+    name: Literal["step"] = "step"
+    milestones: list[int] = [150, 180, 210]
+    gamma: float = 0.1
+
+
+class CosineSchedule(_Section):
+    """Linear warm-up, then cosine decay to zero at the last epoch."""
+
+    name: Literal["cosine"] = "cosine"
+    warmup_epochs: int = Field(5, ge=0)
+
+
+class ConstantSchedule(_Section):
+    name: Literal["constant"] = "constant"
+
+
+Optimizer = Annotated[Union[SGDConfig, AdamConfig], Field(discriminator="name")]
+Schedule = Annotated[Union[StepSchedule, CosineSchedule, ConstantSchedule], Field(discriminator="name")]
+
+
+class RecipeConfig(_Section):
+    epochs: int = Field(240, ge=1)
+    optimizer: Optimizer = SGDConfig()
+    schedule: Schedule = StepSchedule()
+    no_decay_norm_bias: bool = False
+    """Exclude normalisation and bias parameters from weight decay."""
+    grad_clip_norm: float | None = Field(None, gt=0)
+
+
+class TrainerConfig(_Section):
+    accelerator: str = "auto"
+    devices: int | str = 1
+    precision: str = "32-true"
+    deterministic: bool = True
+    progress_bar: bool = True
+    limit_train_batches: int | float = 1.0
+    limit_val_batches: int | float = 1.0
+    log_every_n_steps: int = 20
+
+
+DataConfig = Annotated[Union[tuple(dataset_config_types())], Field(discriminator="name")]
+LossConfig = Annotated[Union[tuple(loss_config_types())], Field(discriminator="name")]
+
+
+class ExperimentConfig(_Section):
+    name: str = "experiment"
+    seed: int = 0
+    output_dir: str | None = None
+    """Where checkpoints, logs and results go; default ``runs/<name>``."""
+    data: DataConfig
+    model: ModelConfig
+    teacher: ModelConfig | None = None
+    losses: list[LossConfig] = [CEConfig()]
+    recipe: RecipeConfig = RecipeConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+    @model_validator(mode="after")
+    def _teacher_matches_losses(self) -> ExperimentConfig:
+        from kdlens.distill import LOSSES
+
+        users = [c.name for c in self.losses if LOSSES[c.name].needs_teacher]
+        if users and self.teacher is None:
+            raise ValueError(
+                f"loss term(s) {users} need a teacher: add a 'teacher' section "
+                "(name and checkpoint) or remove those terms"
+            )
+        if self.teacher is not None and not users:
+            raise ValueError(
+                "'teacher' is set but no loss term uses it: add a distillation term "
+                "(e.g. {name: kd}) or remove the 'teacher' section"
+            )
+        if self.teacher is not None and self.teacher.checkpoint is None:
+            raise ValueError("teacher.checkpoint is required: the path of a trained teacher's checkpoint")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.name}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> ExperimentConfig:
+    """Read a YAML file (or start from ``base``), apply ``key.sub=value`` overrides, validate."""
+    raw: dict[str, Any] = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping of sections, not {type(raw).__name__}")
+    for override in overrides:
+        apply_override(raw, override)
+    return validate_config(raw)
+
+
+def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_errors(err)) from None
+
+
+def validate_data_config(raw: dict[str, Any]) -> DataConfigBase:
+    """A ``data`` section on its own (e.g. for ``kdlens evaluate --data``)."""
+    try:
+        return TypeAdapter(DataConfig).validate_python(raw)
+    except ValidationError as err:
+        raise ConfigError(format_errors(err, prefix=("data",))) from None
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """``a.b.0.c=value``: the value is parsed as YAML (numbers, booleans, lists, null)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{override}' is not of the form key.sub=value")
+    *parents, leaf = key.split(".")
+    node: Any = raw
+    for part in parents:
+        node = _child(node, part, key)
+    value = yaml.safe_load(text)
+    if isinstance(node, list):
+        node[_list_index(node, leaf, key)] = value
+    else:
+        node[leaf] = value
+
+
+def _child(node: Any, part: str, key: str) -> Any:
+    if isinstance(node, list):
+        return node[_list_index(node, part, key)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"override '{key}': '{part}' is inside a value that is not a section")
+    return node.setdefault(part, {})
+
+
+def _list_index(node: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override '{key}': '{part}' is not an index of a list of {len(node)} items")
+    return int(part)
+
+
+def format_errors(err: ValidationError, prefix: tuple = ()) -> str:
+    """One line per problem; ``prefix`` is where the validated object sits in an experiment config."""
+    lines = [f"invalid config ({err.error_count()} problem{'s' * (err.error_count() > 1)}):"]
+    for e in err.errors(include_url=False):
+        loc = prefix + tuple(e["loc"])
+        where = ".".join(str(p) for p in loc) or "<top>"
+        if e["type"] == "extra_forbidden":
+            valid = _valid_keys(loc[:-1])
+            lines.append(f"  {where}: unknown key. Valid keys here: {', '.join(valid)}")
+        elif e["type"] == "missing":
+            lines.append(f"  {where}: required key is missing")
+        else:
+            lines.append(f"  {where}: {e['msg']} (got {e['input']!r})")
+    return "\n".join(lines)
+
+
+def _valid_keys(loc: tuple) -> list[str]:
+    """The field names of the model found at ``loc`` (which includes union tags, as pydantic reports)."""
+    kind: Any = ExperimentConfig
+    for part in loc:
+        kind = _unwrap(kind)
+        if isinstance(part, int):
+            kind = typing.get_args(kind)[0]
+        elif isinstance(kind, type) and issubclass(kind, BaseModel) and part in kind.model_fields:
+            kind = kind.model_fields[part].annotation
+        else:
+            kind = _union_member(kind, part)
+    kind = _unwrap(kind)
+    return list(kind.model_fields) if isinstance(kind, type) and issubclass(kind, BaseModel) else []
+
+
+def _unwrap(kind: Any) -> Any:
+    """Strip Annotated and Optional."""
+    while typing.get_origin(kind) is Annotated:
+        kind = typing.get_args(kind)[0]
+    if typing.get_origin(kind) in (Union, types.UnionType):
+        members = [a for a in typing.get_args(kind) if a is not type(None)]
+        if len(members) == 1:
+            return _unwrap(members[0])
+    return kind
+
+
+def _union_member(kind: Any, tag: str) -> Any:
+    for member in typing.get_args(kind):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            if tag in typing.get_args(member.model_fields["name"].annotation):
+                return member
+    return None
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

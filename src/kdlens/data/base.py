@@ -1,0 +1,70 @@
+"""What every dataset gives the rest of kdlens: its config base, its bundle of splits, its samples."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch.utils.data import Dataset
+
+from kdlens.registry import Registry
+
+
+class DataConfigBase(BaseModel):
+    """Options shared by every dataset; each dataset subclasses this with ``name: Literal[...]``
+    and its own options, so an option a dataset does not read is an unknown key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    """Fraction of the training split held out for validation (model selection); the test split is
+    only evaluated at the end."""
+    split_seed: int = 0
+    augment: bool = True
+
+
+@dataclass
+class DataBundle:
+    """The splits of one dataset and the facts models and reports need about it.
+
+    Every split yields dict samples: ``image`` (float C×H×W, normalised), ``label`` (int64 scalar),
+    ``index`` (int64 scalar, position in that split), and where the dataset has them ``mask``
+    (float 1×H×W, 1 = foreground) and ``group`` (int64 scalar)."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    in_channels: int
+    image_size: tuple[int, int]
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    extra_splits: dict[str, Dataset] = field(default_factory=dict)
+    """Further evaluation splits, e.g. ``shifted`` for shapes with a shortcut."""
+    group_names: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    config: type[DataConfigBase]
+    build: Callable[[DataConfigBase], DataBundle]
+
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset")
+
+
+def register_dataset(config: type[DataConfigBase]):
+    """Register ``build(config) -> DataBundle`` under the config's ``name`` literal."""
+    name = config.model_fields["name"].annotation.__args__[0]
+
+    def add(build: Callable[[DataConfigBase], DataBundle]):
+        DATASETS.register(name)(DatasetEntry(config, build))
+        return build
+
+    return add

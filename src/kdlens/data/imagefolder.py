@@ -1,0 +1,71 @@
+"""``imagefolder``: an ImageNet-style tree ``root/train/<class>/*`` and ``root/val/<class>/*``,
+read lazily from disk. ``val/`` is the test split; validation is carved out of ``train/``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image, UnidentifiedImageError
+from pydantic import Field
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.transforms import v2
+
+from kdlens.data.base import DataBundle, DataConfigBase, register_dataset
+from kdlens.data.common import DatasetNotFoundError, RawSample, make_transforms, train_val_test
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+LAYOUT = "ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (.jpg, .png, ...)"
+
+
+class ImageFolderConfig(DataConfigBase):
+    name: Literal["imagefolder"] = "imagefolder"
+    root: str
+    image_size: int = Field(224, ge=1)
+    resize_size: int = Field(256, ge=1)
+    """Eval images are resized (shorter side) to this, then centre-cropped to ``image_size``."""
+
+
+@dataclass(frozen=True)
+class ImageFileSource:
+    samples: list[tuple[str, int]]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> RawSample:
+        path, label = self.samples[i]
+        try:
+            with Image.open(path) as image:
+                return {"image": image.convert("RGB"), "label": label}
+        except (OSError, UnidentifiedImageError) as err:  # UnidentifiedImageError is an OSError too
+            raise OSError(f"cannot read image {path}: {err}") from err
+
+
+def _scan(root: Path) -> tuple[list[str], ImageFileSource, ImageFileSource]:
+    missing = [d for d in (root / "train", root / "val") if not d.is_dir()]
+    if missing:
+        raise DatasetNotFoundError(f"image folder dataset: {', '.join(map(str, missing))} not found; "
+                                   f"expected layout {LAYOUT} with ROOT={root} (set data.root)")
+    classes, class_to_idx = find_classes(str(root / "train"))
+    extra = sorted(set(find_classes(str(root / "val"))[0]) - set(classes))
+    if extra:
+        raise ValueError(f"{root / 'val'} has classes that {root / 'train'} lacks: {', '.join(extra)}")
+    train, test = (ImageFileSource(make_dataset(str(root / split), class_to_idx, extensions=IMG_EXTENSIONS))
+                   for split in ("train", "val"))
+    return classes, train, test
+
+
+@register_dataset(ImageFolderConfig)
+def build(cfg: ImageFolderConfig) -> DataBundle:
+    classes, train_source, test_source = _scan(Path(cfg.root))
+    transforms = make_transforms(
+        IMAGENET_MEAN, IMAGENET_STD,
+        train_ops=[v2.RandomResizedCrop(cfg.image_size), v2.RandomHorizontalFlip()],
+        eval_ops=[v2.Resize(cfg.resize_size), v2.CenterCrop(cfg.image_size)],
+    )
+    train, val, test = train_val_test(cfg, train_source, test_source, transforms)
+    return DataBundle(train=train, val=val, test=test, num_classes=len(classes), in_channels=3,
+                      image_size=(cfg.image_size, cfg.image_size), class_names=classes,
+                      mean=IMAGENET_MEAN, std=IMAGENET_STD)

@@ -1,0 +1,37 @@
+"""Evaluate trained models on every evaluation split of a dataset, against a teacher if given."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from kdlens.data import DataBundle, DataConfigBase
+from kdlens.metrics.classification import Predictions, classification_report, predict
+from kdlens.training.datamodule import eval_loader
+
+
+def evaluation_splits(bundle: DataBundle) -> dict:
+    """The test split and the extra ones (e.g. ``shifted``); never train or val."""
+    return {"test": bundle.test, **bundle.extra_splits}
+
+
+def predict_splits(model: nn.Module, bundle: DataBundle, config: DataConfigBase, device: str = "cpu") -> dict[str, Predictions]:
+    return {name: predict(model, eval_loader(split, config), device) for name, split in evaluation_splits(bundle).items()}
+
+
+def evaluate_models(
+    models: dict[str, nn.Module],
+    bundle: DataBundle,
+    config: DataConfigBase,
+    teacher: nn.Module | None = None,
+    device: str = "cpu",
+) -> dict[str, dict[str, dict]]:
+    """``{model name: {split: report}}``; the teacher's predictions are computed once and shared."""
+    teacher_predictions = predict_splits(teacher, bundle, config, device) if teacher is not None else {}
+    results = {}
+    for name, model in models.items():
+        predictions = predict_splits(model, bundle, config, device)
+        results[name] = {
+            split: classification_report(p, teacher_predictions.get(split), bundle.group_names)
+            for split, p in predictions.items()
+        }
+    return results

@@ -1,0 +1,98 @@
+"""Intermediate outputs of a model read by module path through forward hooks, so that no model
+has to expose features itself (distillation hints, attention transfer, Grad-CAM)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from types import TracebackType
+
+from torch import Tensor, nn
+
+
+def resolve_module(model: nn.Module, path: str) -> nn.Module:
+    """The submodule at ``path`` (as in ``model.named_modules()``); ``""`` is the model itself."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise ValueError(_unknown_path_message(model, path)) from None
+
+
+def _unknown_path_message(model: nn.Module, path: str) -> str:
+    valid = [name for name, _ in model.named_modules() if name]
+    close = difflib.get_close_matches(path, valid, n=3)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "."
+    top_level = ", ".join(name for name, _ in model.named_children())
+    return (
+        f"module path '{path}' not found in {type(model).__name__}{hint} "
+        f"Top-level modules: {top_level} (model.named_modules() lists every path)."
+    )
+
+
+class FeatureTaps:
+    """Keeps the output of each tapped module from the model's latest forward pass.
+
+    Outputs are kept as returned, not detached, so losses on them backpropagate into the model.
+    Use as a context manager, which removes the hooks on exit, or call :meth:`close` when a
+    long-lived owner (e.g. a LightningModule) is done. Outputs stay readable after closing. A
+    module called several times in one forward keeps its last output.
+    """
+
+    def __init__(self, model: nn.Module, paths: Iterable[str]) -> None:
+        self.paths = tuple(dict.fromkeys(paths))
+        # Resolve every path before registering any hook, so a typo leaves the model untouched.
+        modules = {path: resolve_module(model, path) for path in self.paths}
+        self._outputs: dict[str, Tensor] = {}
+        self._versions: dict[str, int | None] = {}
+        self._handles = [
+            module.register_forward_hook(self._make_hook(path)) for path, module in modules.items()
+        ]
+
+    def _make_hook(self, path: str) -> Callable[[nn.Module, tuple[object, ...], object], None]:
+        def store_output(module: nn.Module, inputs: tuple[object, ...], output: object) -> None:
+            if not isinstance(output, Tensor):
+                raise TypeError(
+                    f"FeatureTaps: '{path}' ({type(module).__name__}) returned "
+                    f"{type(output).__name__}, not a Tensor; tap a module that returns a tensor"
+                )
+            self._outputs[path] = output
+            # Inference tensors have no version counter, so overwrites cannot be detected on them.
+            self._versions[path] = None if output.is_inference() else output._version
+
+        return store_output
+
+    def __getitem__(self, path: str) -> Tensor:
+        if path not in self._outputs:
+            if path in self.paths:
+                raise KeyError(f"'{path}' has no output yet: run the model's forward first")
+            raise KeyError(f"'{path}' is not tapped; tapped paths: {', '.join(self.paths)}")
+        output = self._outputs[path]
+        version = self._versions[path]
+        if version is not None and output._version != version:
+            # An in-place op after the module (e.g. ReLU(inplace=True), `out += identity`)
+            # changed the tensor, so it no longer is that module's output.
+            raise RuntimeError(
+                f"the output of '{path}' was modified in place after the module returned it; "
+                "tap a module whose output is not overwritten (e.g. the block, not its last BN)"
+            )
+        return output
+
+    def as_dict(self) -> dict[str, Tensor]:
+        """Every tapped output, in the order the paths were given."""
+        return {path: self[path] for path in self.paths}
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> FeatureTaps:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,41 @@
+"""Loaders for a :class:`DataBundle`, with a shuffle order that is a function of (seed, epoch)."""
+
+from __future__ import annotations
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from kdlens.data import DataBundle, DataConfigBase
+
+
+class BundleDataModule(L.LightningDataModule):
+    def __init__(self, bundle: DataBundle, config: DataConfigBase, seed: int) -> None:
+        super().__init__()
+        self.bundle = bundle
+        self.config = config
+        self.seed = seed
+
+    def train_dataloader(self) -> DataLoader:
+        # DistributedSampler (also with one replica) draws each epoch's order from (seed, epoch)
+        # rather than from the global RNG, so a resumed run sees the same batches as an
+        # uninterrupted one, and ranks of a DDP run see disjoint shards.
+        sampler = DistributedSampler(
+            self.bundle.train,
+            num_replicas=self.trainer.world_size,
+            rank=self.trainer.global_rank,
+            shuffle=True,
+            seed=self.seed,
+            drop_last=True,
+        )
+        return self._loader(self.bundle.train, self.config.batch_size, sampler=sampler, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.bundle.val, self.config.eval_batch_size)
+
+    def _loader(self, dataset: Dataset, batch_size: int, **kwargs) -> DataLoader:
+        workers = self.config.num_workers
+        return DataLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0, **kwargs)
+
+
+def eval_loader(dataset: Dataset, config: DataConfigBase) -> DataLoader:
+    return DataLoader(dataset, batch_size=config.eval_batch_size, num_workers=config.num_workers)

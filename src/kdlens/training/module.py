@@ -1,0 +1,93 @@
+"""The Lightning module: one model trained with a weighted sum of loss terms, optionally from a
+frozen teacher. Plain training is the same module with ``losses: [ce]`` and no teacher."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics.classification import MulticlassAccuracy
+
+from kdlens.config import RecipeConfig
+from kdlens.distill import DistillBatch, DistillLoss
+from kdlens.training.recipes import build_optimizer, lr_factor, parameter_groups
+
+
+class DistillationModule(L.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        losses: DistillLoss,
+        recipe: RecipeConfig,
+        num_classes: int,
+        checkpoint_info: dict[str, Any],
+        teacher: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.losses = losses
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.requires_grad_(False).eval()
+        self.recipe = recipe
+        self.checkpoint_info = checkpoint_info
+        self.val_top1 = MulticlassAccuracy(num_classes, average="micro")
+        self.val_agreement = MulticlassAccuracy(num_classes, average="micro") if teacher is not None else None
+
+    def train(self, mode: bool = True) -> DistillationModule:
+        # Lightning switches the whole module to train() around validation; the frozen teacher must
+        # stay in eval() so that its BatchNorm statistics and dropout never change.
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch["image"], batch["label"]
+        teacher_logits = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(images)
+        student_logits = self.model(images)
+        loss, parts = self.losses(
+            DistillBatch(images, labels, student_logits, teacher_logits, epoch=self.current_epoch)
+        )
+        self.log_dict({f"train/{name}": value for name, value in parts.items()}, on_step=True, on_epoch=True)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        images, labels = batch["image"], batch["label"]
+        logits = self.model(images)
+        self.val_top1(logits, labels)
+        self.log("val/top1", self.val_top1, on_epoch=True, prog_bar=True)
+        self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True)
+        if self.teacher is not None:
+            self.val_agreement(logits.argmax(1), self.teacher(images).argmax(1))
+            self.log("val/agreement", self.val_agreement, on_epoch=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = build_optimizer(parameter_groups([self.model, self.losses], self.recipe), self.recipe)
+        steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // self.recipe.epochs)
+        scheduler = LambdaLR(optimizer, lr_factor(self.recipe, steps_per_epoch))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["kdlens"] = self.checkpoint_info
+        checkpoint["val_metrics"] = {
+            name: float(value) for name, value in self.trainer.callback_metrics.items() if name.startswith("val/")
+        }
+        # The teacher comes from its own checkpoint; copying it into every student checkpoint only
+        # wastes disk.
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.teacher is not None:
+            checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})

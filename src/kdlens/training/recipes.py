@@ -1,0 +1,58 @@
+"""Optimisers and learning-rate schedules of the recipes in REFERENCE §2."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from kdlens.config import CosineSchedule, RecipeConfig, StepSchedule
+
+_NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def parameter_groups(modules: Iterable[nn.Module], recipe: RecipeConfig) -> list[dict]:
+    """All trainable parameters; with ``no_decay_norm_bias`` normalisation weights and biases go to
+    a group without weight decay (decaying them only shrinks scales the next layer undoes)."""
+    decay, no_decay = [], []
+    for module in modules:
+        for sub in module.modules():
+            for name, param in sub.named_parameters(recurse=False):
+                if not param.requires_grad:
+                    continue
+                exempt = recipe.no_decay_norm_bias and (isinstance(sub, _NORM_LAYERS) or name == "bias")
+                (no_decay if exempt else decay).append(param)
+    groups = [{"params": decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(groups: list[dict], recipe: RecipeConfig) -> torch.optim.Optimizer:
+    opt = recipe.optimizer
+    if opt.name == "sgd":
+        return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=opt.nesterov)
+    optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}[opt.name]
+    return optimizer_class(groups, lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+def lr_factor(recipe: RecipeConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The learning-rate multiplier at optimiser step ``step`` (the schedule is stepped every batch
+    so that warm-up is smooth; step schedules still change only at epoch boundaries)."""
+    schedule = recipe.schedule
+    total = recipe.epochs * steps_per_epoch
+    if isinstance(schedule, StepSchedule):
+        return lambda step: schedule.gamma ** sum(step // steps_per_epoch >= m for m in schedule.milestones)
+    if isinstance(schedule, CosineSchedule):
+        warmup = schedule.warmup_epochs * steps_per_epoch
+
+        def cosine(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        return cosine
+    return lambda step: 1.0

@@ -1,0 +1,165 @@
+"""Run one experiment: build data and models, train (or resume), evaluate best and last on test."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
+
+from kdlens.config import ConfigError, ExperimentConfig, ModelConfig, dump_config
+from kdlens.data import DataBundle, build_data
+from kdlens.distill import DistillLoss
+from kdlens.io import atomic_write_text, write_json
+from kdlens.metrics.evaluate import evaluate_models
+from kdlens.models import create_model
+from kdlens.training.callbacks import RNGStateCallback
+from kdlens.training.checkpoints import (
+    CHECKPOINT_FORMAT,
+    AtomicCheckpointIO,
+    load_checkpoint_file,
+    load_model,
+    model_from_checkpoint,
+)
+from kdlens.training.datamodule import BundleDataModule
+from kdlens.training.module import DistillationModule
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    results: dict[str, Any]
+
+
+def load_pretrained(config: ModelConfig, bundle: DataBundle, role: str) -> nn.Module:
+    """A model from a kdlens checkpoint, checked against the dataset it will be used on."""
+    model, info = load_model(config.checkpoint)
+    problems = [
+        f"{key} {info[key]} != the dataset's {value}"
+        for key, value in (("num_classes", bundle.num_classes), ("in_channels", bundle.in_channels))
+        if info[key] != value
+    ]
+    if info["model"] != config.name:
+        problems.append(f"architecture '{info['model']}' != the config's '{config.name}'")
+    if problems:
+        raise ConfigError(
+            f"{role} checkpoint '{config.checkpoint}' does not fit this experiment: {'; '.join(problems)}. "
+            f"Use a {role} trained on this dataset, or fix {role}.name."
+        )
+    return model
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    resume: bool = False,
+    callbacks: list[Callback] = (),
+    bundle: DataBundle | None = None,
+) -> RunResult:
+    """Train ``config.model`` with ``config.losses``; write checkpoints/{best,last}.ckpt, logs/,
+    config.yaml and results.json under ``config.run_dir``."""
+    run_dir = config.run_dir
+    checkpoint_dir = run_dir / "checkpoints"
+    last_path, best_path = checkpoint_dir / "last.ckpt", checkpoint_dir / "best.ckpt"
+    _check_run_dir(config, run_dir, last_path, resume)
+
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    bundle = bundle or build_data(config.data)
+    model = create_model(config.model.name, bundle.num_classes, bundle.in_channels)
+    if config.model.checkpoint:
+        model.load_state_dict(load_pretrained(config.model, bundle, "model").state_dict())
+    teacher = load_pretrained(config.teacher, bundle, "teacher") if config.teacher else None
+    checkpoint_info = {
+        "format": CHECKPOINT_FORMAT,
+        "model": config.model.name,
+        "num_classes": bundle.num_classes,
+        "in_channels": bundle.in_channels,
+        "image_size": list(bundle.image_size),
+        "class_names": list(bundle.class_names),
+        "mean": list(bundle.mean),
+        "std": list(bundle.std),
+        "config": config.model_dump(mode="json"),
+    }
+    module = DistillationModule(model, DistillLoss(config.losses), config.recipe, bundle.num_classes, checkpoint_info, teacher)
+
+    # Two callbacks: Lightning's save_last only writes when a top-k checkpoint was written in the
+    # same step, which would leave last.ckpt stale after an epoch without improvement.
+    best_checkpoint = ModelCheckpoint(
+        dirpath=checkpoint_dir, filename="best", monitor="val/top1", mode="max", save_top_k=1, enable_version_counter=False
+    )
+    last_checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="last", enable_version_counter=False)
+    trainer = L.Trainer(
+        max_epochs=config.recipe.epochs,
+        accelerator=config.trainer.accelerator,
+        devices=config.trainer.devices,
+        precision=config.trainer.precision,
+        deterministic=config.trainer.deterministic,
+        gradient_clip_val=config.recipe.grad_clip_norm,
+        limit_train_batches=config.trainer.limit_train_batches,
+        limit_val_batches=config.trainer.limit_val_batches,
+        log_every_n_steps=config.trainer.log_every_n_steps,
+        enable_progress_bar=config.trainer.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # BundleDataModule shards by (seed, epoch) itself
+        default_root_dir=run_dir,
+        # A new CSV version folder per attempt: CSVLogger would otherwise overwrite an interrupted
+        # attempt's metrics.csv on resume. TensorBoard appends event files by itself.
+        logger=[CSVLogger(run_dir / "logs", name="csv"), TensorBoardLogger(run_dir / "logs", name="tensorboard", version="")],
+        callbacks=[best_checkpoint, last_checkpoint, RNGStateCallback(), *callbacks],
+        plugins=[AtomicCheckpointIO()],
+    )
+    # The frozen teacher is in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    atomic_write_text(run_dir / "config.yaml", dump_config(config))
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=BundleDataModule(bundle, config.data, config.seed), ckpt_path=last_path if resume and last_path.exists() else None)
+    train_seconds = time.perf_counter() - started
+
+    results = {
+        "name": config.name,
+        "model": config.model.name,
+        "teacher": config.teacher.name if config.teacher else None,
+        "train_seconds": round(train_seconds, 2),
+        **_best_and_last(best_path, last_path, bundle, config, teacher),
+    }
+    if trainer.is_global_zero:
+        write_json(run_dir / "results.json", results)
+    return RunResult(run_dir, best_path, last_path, results)
+
+
+def _check_run_dir(config: ExperimentConfig, run_dir: Path, last_path: Path, resume: bool) -> None:
+    saved = run_dir / "config.yaml"
+    if not resume:
+        if last_path.exists():
+            raise ConfigError(f"'{run_dir}' already holds a run: pass --resume to continue it, or set output_dir to a new folder")
+        return
+    if saved.exists():
+        before = yaml.safe_load(saved.read_text())
+        now = config.model_dump(mode="json")
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        if changed:
+            raise ConfigError(
+                f"cannot resume '{run_dir}': its config differs in {changed}. Resume with the saved "
+                f"config ({saved}) or start a new output_dir"
+            )
+
+
+def _best_and_last(best_path: Path, last_path: Path, bundle: DataBundle, config: ExperimentConfig, teacher: nn.Module | None) -> dict:
+    """Test-split reports of the best-on-val and the last checkpoint, with the epochs they come from."""
+    models, epochs, val_top1 = {}, {}, {}
+    for which, path in (("best", best_path), ("last", last_path)):
+        checkpoint = load_checkpoint_file(path)
+        models[which], _ = model_from_checkpoint(checkpoint, path)
+        epochs[which] = checkpoint["epoch"] + 1  # epochs completed, counting from 1
+        val_top1[which] = checkpoint["val_metrics"].get("val/top1")
+    reports = evaluate_models(models, bundle, config.data, teacher)
+    return {which: {"epoch": epochs[which], "val_top1": val_top1[which], **reports[which]} for which in models}

@@ -1,0 +1,50 @@
+import json
+
+import yaml
+from conftest import kd_sections, tiny_experiment
+from typer.testing import CliRunner
+
+from kdlens.cli import app
+
+runner = CliRunner()
+
+
+def write_config(path, raw):
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_train_then_evaluate_from_the_command_line(tmp_path):
+    config = write_config(tmp_path / "teacher.yaml", tiny_experiment(tmp_path / "run"))
+    result = runner.invoke(app, ["train", str(config), "recipe.epochs=1"])
+    assert result.exit_code == 0, result.output
+    assert "best epoch 1" in result.output and "results.json" in result.output
+    checkpoint = tmp_path / "run" / "checkpoints" / "best.ckpt"
+
+    result = runner.invoke(app, ["evaluate", str(checkpoint), "--set", "shortcut=0.5", "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    assert "shifted.worst_group_accuracy" in result.output
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(saved[str(checkpoint)]) == {"test", "shifted"}
+
+
+def test_distill_from_the_command_line(tmp_path, teacher_checkpoint):
+    config = write_config(tmp_path / "kd.yaml", tiny_experiment(tmp_path / "kd", **kd_sections(teacher_checkpoint)))
+    result = runner.invoke(app, ["distill", str(config), "recipe.epochs=1"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "kd" / "results.json").read_text())
+    assert results["teacher"] == "resnet8" and "agreement" in results["best"]["test"]
+
+
+def test_input_errors_exit_2_with_a_message_and_no_traceback(tmp_path):
+    config = write_config(tmp_path / "bad.yaml", {**tiny_experiment(tmp_path / "run"), "epochs": 3})
+    result = runner.invoke(app, ["train", str(config)])
+    assert result.exit_code == 2
+    assert "epochs: unknown key" in result.output and "Traceback" not in result.output
+
+    good = write_config(tmp_path / "good.yaml", tiny_experiment(tmp_path / "run"))
+    result = runner.invoke(app, ["distill", str(good)])
+    assert result.exit_code == 2 and "use `kdlens train`" in result.output
+
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "missing.ckpt")])
+    assert result.exit_code == 2 and "does not exist" in result.output
