@@ -55,3 +55,13 @@ def test_duplicate_terms_log_under_distinct_names_and_teacher_need_is_declared()
     assert loss.log_names == ["ce", "ce_1"]
     assert not loss.needs_teacher
     assert DistillLoss([KDConfig()]).needs_teacher
+
+
+def test_terms_count_only_in_their_active_epochs():
+    student = torch.tensor(STUDENT)
+    loss = DistillLoss([CEConfig(active_epochs=(2, None)), KDConfig(active_epochs=(0, 2))])
+    for epoch, names in ((0, {"kd"}), (1, {"kd"}), (2, {"ce"}), (9, {"ce"})):
+        _, parts = loss(DistillBatch(torch.zeros(2, 3, 4, 4), torch.tensor([1, 2]), student, torch.tensor(TEACHER), epoch=epoch))
+        assert set(parts) == names
+    with pytest.raises(RuntimeError, match="no loss term is active"):
+        DistillLoss([CEConfig(active_epochs=(1, 2))])(DistillBatch(torch.zeros(2, 3, 4, 4), torch.tensor([1, 2]), student, epoch=0))

@@ -8,6 +8,7 @@ from kdlens.distill.base import (
     DistillLoss,
     LossConfigBase,
     LossTerm,
+    TermContext,
     register_loss,
 )
 from kdlens.distill.kd import kd_divergence
@@ -24,6 +25,7 @@ __all__ = [
     "DistillLoss",
     "LossConfigBase",
     "LossTerm",
+    "TermContext",
     "kd_divergence",
     "loss_config_types",
     "register_loss",

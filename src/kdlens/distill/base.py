@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from kdlens.models import ModelSpec
 from kdlens.registry import Registry
 
 
@@ -23,11 +24,24 @@ class LossConfigBase(BaseModel):
 
     name: str
     weight: float = 1.0
+    active_epochs: tuple[int, int | None] | None = None
+    """[first, last) epochs (0-based, last None = to the end) in which the term counts; e.g. FitNet's
+    two-stage training: the hint term in [0, 20), CE and KD in [20, None)."""
+
+    def is_active(self, epoch: int) -> bool:
+        if self.active_epochs is None:
+            return True
+        first, last = self.active_epochs
+        return first <= epoch and (last is None or epoch < last)
 
 
 @dataclass
 class DistillBatch:
-    """Everything a loss term may read for one training step."""
+    """Everything a loss term may read for one training step.
+
+    ``student_features``/``teacher_features`` hold the outputs of the module paths the terms asked
+    for (:meth:`LossTerm.feature_paths`); teacher outputs come from a no-grad forward. ``extras``
+    carries per-sample data the dataset attached (e.g. frozen teacher explanations)."""
 
     images: Tensor
     labels: Tensor
@@ -36,16 +50,44 @@ class DistillBatch:
     student_features: dict[str, Tensor] = field(default_factory=dict)
     teacher_features: dict[str, Tensor] = field(default_factory=dict)
     epoch: int = 0
+    step: int = 0
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class TermContext:
+    """The models a term works with. Terms that run extra passes (explanations, reinforced inputs)
+    call the models; terms that read features resolve default module paths from the specs."""
+
+    student: nn.Module
+    student_spec: ModelSpec
+    teacher: nn.Module | None = None
+    teacher_spec: ModelSpec | None = None
 
 
 class LossTerm(nn.Module):
-    """One unweighted loss; the :class:`DistillLoss` applies the weight."""
+    """One unweighted loss; the :class:`DistillLoss` applies the weight.
+
+    A term that needs intermediate features lists their module paths in :meth:`feature_paths`.
+    A term with trainable connectors whose sizes depend on feature shapes creates them in
+    :meth:`build_connectors`, called once with a probe batch before training (so that the
+    optimiser and checkpoint restore see them)."""
 
     needs_teacher: ClassVar[bool] = False
 
-    def __init__(self, config: LossConfigBase) -> None:
+    def __init__(self, config: LossConfigBase, context: TermContext | None = None) -> None:
         super().__init__()
         self.config = config
+        # Kept outside the module tree: the models are owned by the training module, and their
+        # parameters must not be counted or optimised twice through the term.
+        self.__dict__["context"] = context
+
+    def feature_paths(self) -> tuple[list[str], list[str]]:
+        """(student module paths, teacher module paths) whose outputs this term reads."""
+        return [], []
+
+    def build_connectors(self, batch: DistillBatch) -> None:
+        """Create trainable modules from the probe batch's feature shapes (default: none)."""
 
     def forward(self, batch: DistillBatch) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -68,11 +110,12 @@ def register_loss(config: type[LossConfigBase]):
 
 
 class DistillLoss(nn.Module):
-    """Weighted sum of loss terms; returns the total and each weighted term for logging."""
+    """Weighted sum of loss terms; returns the total and each weighted term for logging. Its
+    parameters are the terms' connectors: trained with the student, never exported with it."""
 
-    def __init__(self, configs: list[LossConfigBase]) -> None:
+    def __init__(self, configs: list[LossConfigBase], context: TermContext | None = None) -> None:
         super().__init__()
-        self.terms = nn.ModuleList(LOSSES[c.name](c) for c in configs)
+        self.terms = nn.ModuleList(LOSSES[c.name](c, context) for c in configs)
         self.weights = [c.weight for c in configs]
         self.log_names = _unique_names([c.name for c in configs])
 
@@ -80,11 +123,27 @@ class DistillLoss(nn.Module):
     def needs_teacher(self) -> bool:
         return any(term.needs_teacher for term in self.terms)
 
+    def feature_paths(self) -> tuple[list[str], list[str]]:
+        """Every module path any term reads, without repeats, for the student and the teacher."""
+        student, teacher = [], []
+        for term in self.terms:
+            term_student, term_teacher = term.feature_paths()
+            student += term_student
+            teacher += term_teacher
+        return list(dict.fromkeys(student)), list(dict.fromkeys(teacher))
+
+    def build_connectors(self, batch: DistillBatch) -> None:
+        for term in self.terms:
+            term.build_connectors(batch)
+
     def forward(self, batch: DistillBatch) -> tuple[Tensor, dict[str, Tensor]]:
         parts = {
             log_name: weight * term(batch)
             for log_name, weight, term in zip(self.log_names, self.weights, self.terms)
+            if term.config.is_active(batch.epoch)
         }
+        if not parts:
+            raise RuntimeError(f"no loss term is active in epoch {batch.epoch}: check the terms' active_epochs")
         return torch.stack(list(parts.values())).sum(), parts
 
 

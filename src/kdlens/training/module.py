@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from kdlens.config import RecipeConfig
 from kdlens.distill import DistillBatch, DistillLoss
+from kdlens.models import FeatureTaps
 from kdlens.training.recipes import build_optimizer, lr_factor, parameter_groups
 
 
@@ -25,14 +26,24 @@ class DistillationModule(L.LightningModule):
         recipe: RecipeConfig,
         num_classes: int,
         checkpoint_info: dict[str, Any],
+        probe: dict[str, torch.Tensor],
         teacher: nn.Module | None = None,
     ) -> None:
+        """``probe`` is a small batch used once to size the loss terms' connectors, so that they
+        exist before the optimiser is built and before a checkpoint is restored."""
         super().__init__()
         self.model = model
         self.losses = losses
         self.teacher = teacher
         if teacher is not None:
             teacher.requires_grad_(False).eval()
+        student_paths, teacher_paths = losses.feature_paths()
+        self.student_taps = FeatureTaps(model, student_paths)
+        self.teacher_taps = FeatureTaps(teacher, teacher_paths) if teacher is not None else None
+        model.eval()
+        with torch.no_grad():
+            losses.build_connectors(self._distill_batch(probe))
+        model.train()
         self.recipe = recipe
         self.checkpoint_info = checkpoint_info
         self.val_top1 = MulticlassAccuracy(num_classes, average="micro")
@@ -49,16 +60,27 @@ class DistillationModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        images, labels = batch["image"], batch["label"]
+    def _distill_batch(self, batch: dict[str, torch.Tensor]) -> DistillBatch:
+        images = batch["image"]
         teacher_logits = None
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_logits = self.teacher(images)
         student_logits = self.model(images)
-        loss, parts = self.losses(
-            DistillBatch(images, labels, student_logits, teacher_logits, epoch=self.current_epoch)
+        return DistillBatch(
+            images,
+            batch["label"],
+            student_logits,
+            teacher_logits,
+            student_features=self.student_taps.as_dict(),
+            teacher_features=self.teacher_taps.as_dict() if self.teacher_taps is not None else {},
+            epoch=self.current_epoch,
+            step=self.global_step,
+            extras={k: v for k, v in batch.items() if k not in ("image", "label", "index")},
         )
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, parts = self.losses(self._distill_batch(batch))
         self.log_dict({f"train/{name}": value for name, value in parts.items()}, on_step=True, on_epoch=True)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
@@ -72,6 +94,11 @@ class DistillationModule(L.LightningModule):
         if self.teacher is not None:
             self.val_agreement(logits.argmax(1), self.teacher(images).argmax(1))
             self.log("val/agreement", self.val_agreement, on_epoch=True)
+
+    def teardown(self, stage: str) -> None:
+        self.student_taps.close()
+        if self.teacher_taps is not None:
+            self.teacher_taps.close()
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(parameter_groups([self.model, self.losses], self.recipe), self.recipe)

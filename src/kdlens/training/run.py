@@ -13,13 +13,14 @@ import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
+from torch.utils.data import default_collate
 
 from kdlens.config import ConfigError, ExperimentConfig, ModelConfig, dump_config
 from kdlens.data import DataBundle, build_data
-from kdlens.distill import DistillLoss
+from kdlens.distill import DistillLoss, TermContext
 from kdlens.io import atomic_write_text, write_json
 from kdlens.metrics.evaluate import evaluate_models
-from kdlens.models import create_model
+from kdlens.models import count_parameters, create_model, get_model_spec
 from kdlens.training.callbacks import RNGStateCallback
 from kdlens.training.checkpoints import (
     CHECKPOINT_FORMAT,
@@ -88,7 +89,15 @@ def run_experiment(
         "std": list(bundle.std),
         "config": config.model_dump(mode="json"),
     }
-    module = DistillationModule(model, DistillLoss(config.losses), config.recipe, bundle.num_classes, checkpoint_info, teacher)
+    context = TermContext(
+        student=model,
+        student_spec=get_model_spec(config.model.name),
+        teacher=teacher,
+        teacher_spec=get_model_spec(config.teacher.name) if config.teacher else None,
+    )
+    losses = DistillLoss(config.losses, context)
+    probe = default_collate([bundle.train[i] for i in range(2)])
+    module = DistillationModule(model, losses, config.recipe, bundle.num_classes, checkpoint_info, probe, teacher)
 
     # Two callbacks: Lightning's save_last only writes when a top-k checkpoint was written in the
     # same step, which would leave last.ckpt stale after an epoch without improvement.
@@ -129,6 +138,8 @@ def run_experiment(
         "model": config.model.name,
         "teacher": config.teacher.name if config.teacher else None,
         "train_seconds": round(train_seconds, 2),
+        "parameters": count_parameters(model),
+        "connector_parameters": count_parameters(losses),
         **_best_and_last(best_path, last_path, bundle, config, teacher),
     }
     if trainer.is_global_zero:
