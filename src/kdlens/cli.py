@@ -72,6 +72,35 @@ def distill(config: ConfigPath, overrides: Overrides = None, resume: Resume = Fa
 
 @app.command()
 @_user_errors
+def sweep(
+    config: ConfigPath,
+    overrides: Overrides = None,
+    grid: Annotated[Optional[list[str]], typer.Option(help="key=v1,v2 or key1,key2=a1:a2,b1:b2 (repeatable)")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="independently seeded runs per grid point")] = 1,
+    out: Annotated[Optional[Path], typer.Option(help="sweep folder; default runs/<name>-sweep")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the planned runs and exit")] = False,
+) -> None:
+    """Train every grid point × seed (skipping finished runs, resuming interrupted ones) and write
+    summary.csv / summary.md with mean ± std over seeds."""
+    from kdlens.config import read_raw_config
+    from kdlens.report.tables import format_table
+    from kdlens.training.run import run_experiment
+    from kdlens.training.sweep import parse_axis, plan_sweep, run_sweep
+
+    raw = read_raw_config(config, overrides or [])
+    sweep_dir = out or Path("runs") / f"{raw.get('name', 'experiment')}-sweep"
+    runs = plan_sweep(raw, [parse_axis(axis) for axis in grid or []], seeds, sweep_dir)
+    if dry_run:
+        for run in runs:
+            typer.echo(f"{run.config.name}: {run.point} seed {run.seed} -> {run.config.run_dir}")
+        return
+    rows = run_sweep(runs, sweep_dir, lambda c, resume: run_experiment(c, resume=resume).results, log=typer.echo)
+    typer.echo(format_table(rows))
+    typer.echo(f"wrote {sweep_dir / 'summary.csv'} and {sweep_dir / 'summary.md'}")
+
+
+@app.command()
+@_user_errors
 def evaluate(
     checkpoints: Annotated[list[Path], typer.Argument(help="kdlens checkpoints (.ckpt)")],
     data: Annotated[Optional[str], typer.Option(help="dataset name; default: the one the first checkpoint was trained on")] = None,

@@ -142,19 +142,22 @@ class ExperimentConfig(_Section):
         return Path(self.output_dir or f"runs/{self.name}")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> ExperimentConfig:
-    """Read a YAML file (or start from ``base``), apply ``key.sub=value`` overrides, validate."""
-    raw: dict[str, Any] = dict(base or {})
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file '{path}' must hold a mapping of sections, not {type(raw).__name__}")
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read a YAML file, apply ``key.sub=value`` overrides, validate."""
+    return validate_config(read_raw_config(path, overrides))
+
+
+def read_raw_config(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
+    """The YAML file's mapping with overrides applied, not yet validated (sweeps vary it further)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections, not {type(raw).__name__}")
     for override in overrides:
         apply_override(raw, override)
-    return validate_config(raw)
+    return raw
 
 
 def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
