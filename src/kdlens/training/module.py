@@ -18,6 +18,10 @@ from kdlens.models import FeatureTaps
 from kdlens.training.recipes import build_optimizer, lr_factor, parameter_groups
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss stopped being finite."""
+
+
 class DistillationModule(L.LightningModule):
     def __init__(
         self,
@@ -81,6 +85,14 @@ class DistillationModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, parts = self.losses(self._distill_batch(batch))
+        if not torch.isfinite(loss):
+            # Stop before the optimiser step so that no NaN reaches the weights or a checkpoint.
+            terms = ", ".join(f"{name}={value.item():.4g}" for name, value in parts.items())
+            raise TrainingDiverged(
+                f"the loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step} ({terms}). "
+                "The run stopped; checkpoints/last.ckpt still holds the last good epoch. Lower the learning "
+                "rate or set recipe.grad_clip_norm, then continue with --resume."
+            )
         self.log_dict({f"train/{name}": value for name, value in parts.items()}, on_step=True, on_epoch=True)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
