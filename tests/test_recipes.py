@@ -44,3 +44,9 @@ def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
     assert factor(10) == pytest.approx(1.0)
     assert factor(30) == pytest.approx(0.5)
     assert factor(49) < 0.01
+
+
+def test_linear_lr_scaling_only_when_the_config_states_it():
+    assert build_optimizer(parameter_groups([small_net()], RecipeConfig()), RecipeConfig(), global_batch=256).defaults["lr"] == 0.05
+    scaled = RecipeConfig(lr_reference_batch=64)
+    assert build_optimizer(parameter_groups([small_net()], scaled), scaled, global_batch=256).defaults["lr"] == pytest.approx(0.2)

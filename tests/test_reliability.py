@@ -95,3 +95,34 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_with_the_weights_of_an_uninterr
     assert expected.keys() == actual.keys()
     for key, value in expected.items():
         assert torch.equal(value, actual[key]), key
+
+
+def test_two_process_ddp_on_cpu_matches_one_process_with_the_same_global_batch(tmp_path):
+    """gloo DDP with 2 ranks × 16 images and synced BatchNorm = one process × 32 images."""
+    raw = tiny_experiment(tmp_path / "single", recipe={"epochs": 2, "optimizer": {"name": "sgd", "lr": 0.05}, "schedule": {"name": "constant"}})
+    raw["data"] = {**raw["data"], "augment": False, "batch_size": 32}
+    single = run_experiment(validate_config(raw))
+
+    ddp_dir = tmp_path / "ddp"
+    ddp = {
+        **raw,
+        "name": "ddp",
+        "output_dir": str(ddp_dir),
+        "data": {**raw["data"], "batch_size": 16},
+        "trainer": {**raw["trainer"], "accelerator": "cpu", "devices": 2, "strategy": "ddp", "sync_batchnorm": True},
+    }
+    config_file = tmp_path / "ddp.yaml"
+    config_file.write_text(yaml.safe_dump(ddp))
+    kdlens = str(Path(sys.executable).parent / "kdlens")
+    result = subprocess.run([kdlens, "train", str(config_file)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    expected = load_checkpoint_file(single.last_checkpoint)
+    actual = load_checkpoint_file(ddp_dir / "checkpoints" / "last.ckpt")
+    assert actual["global_step"] == expected["global_step"]
+    for key, value in expected["state_dict"].items():
+        other = actual["state_dict"][key]
+        if value.is_floating_point():
+            assert torch.allclose(value, other, rtol=1e-4, atol=1e-5), (key, (value - other).abs().max())
+        else:
+            assert torch.equal(value, other), key

@@ -43,6 +43,8 @@ def _run(config: ExperimentConfig, resume: bool) -> None:
     from kdlens.training.run import run_experiment
 
     result = run_experiment(config, resume=resume)
+    if result.results is None:
+        return
     best, last = result.results["best"], result.results["last"]
     typer.echo(
         f"{config.name}: best epoch {best['epoch']} val top-1 {best['val_top1']:.4f} test top-1 {best['test']['top1']:.4f}; "

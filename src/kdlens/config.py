@@ -89,11 +89,20 @@ class RecipeConfig(_Section):
     no_decay_norm_bias: bool = False
     """Exclude normalisation and bias parameters from weight decay."""
     grad_clip_norm: float | None = Field(None, gt=0)
+    lr_reference_batch: int | None = Field(None, gt=0)
+    """Linear scaling rule: when set, the learning rate used is ``lr × global batch / this``, with
+    global batch = data.batch_size × devices × nodes. When unset, ``lr`` is used as written,
+    whatever the number of processes."""
 
 
 class TrainerConfig(_Section):
     accelerator: str = "auto"
     devices: int | str = 1
+    """Processes per node; ``data.batch_size`` is per process."""
+    num_nodes: int = 1
+    strategy: str = "auto"
+    """Lightning strategy, e.g. ``ddp`` (one process per device, torchrun/SLURM aware)."""
+    sync_batchnorm: bool = False
     precision: str = "32-true"
     deterministic: bool = True
     progress_bar: bool = True

@@ -5,6 +5,7 @@ in ``list_models()``.
 """
 
 from kdlens.models import (  # noqa: F401  (each module registers its models)
+    bcos,
     cifar_resnet,
     mobilenetv2,
     shufflenet,

@@ -113,7 +113,8 @@ class DistillationModule(L.LightningModule):
             self.teacher_taps.close()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(parameter_groups([self.model, self.losses], self.recipe), self.recipe)
+        global_batch = self.trainer.datamodule.config.batch_size * self.trainer.world_size
+        optimizer = build_optimizer(parameter_groups([self.model, self.losses], self.recipe), self.recipe, global_batch)
         steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // self.recipe.epochs)
         scheduler = LambdaLR(optimizer, lr_factor(self.recipe, steps_per_epoch))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

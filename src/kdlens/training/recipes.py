@@ -30,12 +30,20 @@ def parameter_groups(modules: Iterable[nn.Module], recipe: RecipeConfig) -> list
     return groups
 
 
-def build_optimizer(groups: list[dict], recipe: RecipeConfig) -> torch.optim.Optimizer:
+def build_optimizer(groups: list[dict], recipe: RecipeConfig, global_batch: int | None = None) -> torch.optim.Optimizer:
     opt = recipe.optimizer
+    lr = scaled_lr(recipe, global_batch)
     if opt.name == "sgd":
-        return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=opt.nesterov)
+        return torch.optim.SGD(groups, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=opt.nesterov)
     optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}[opt.name]
-    return optimizer_class(groups, lr=opt.lr, weight_decay=opt.weight_decay)
+    return optimizer_class(groups, lr=lr, weight_decay=opt.weight_decay)
+
+
+def scaled_lr(recipe: RecipeConfig, global_batch: int | None) -> float:
+    """The configured lr, scaled linearly with the global batch when ``lr_reference_batch`` is set."""
+    if recipe.lr_reference_batch is None or global_batch is None:
+        return recipe.optimizer.lr
+    return recipe.optimizer.lr * global_batch / recipe.lr_reference_batch
 
 
 def lr_factor(recipe: RecipeConfig, steps_per_epoch: int) -> Callable[[int], float]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -38,7 +39,8 @@ class RunResult:
     run_dir: Path
     best_checkpoint: Path
     last_checkpoint: Path
-    results: dict[str, Any]
+    results: dict[str, Any] | None
+    """None on the non-zero ranks of a distributed run."""
 
 
 def load_pretrained(config: ModelConfig, bundle: DataBundle, role: str) -> nn.Module:
@@ -72,6 +74,8 @@ def run_experiment(
     last_path, best_path = checkpoint_dir / "last.ckpt", checkpoint_dir / "best.ckpt"
     _check_run_dir(config, run_dir, last_path, resume)
 
+    if config.trainer.sync_batchnorm and (config.trainer.accelerator == "cpu" or not torch.cuda.is_available()):
+        raise ConfigError("trainer.sync_batchnorm needs GPUs (torch's SyncBatchNorm is CUDA-only): set it to false on CPU")
     L.seed_everything(config.seed, workers=True, verbose=False)
     bundle = bundle or build_data(config.data)
     model = create_model(config.model.name, bundle.num_classes, bundle.in_channels)
@@ -109,6 +113,9 @@ def run_experiment(
         max_epochs=config.recipe.epochs,
         accelerator=config.trainer.accelerator,
         devices=config.trainer.devices,
+        num_nodes=config.trainer.num_nodes,
+        strategy=config.trainer.strategy,
+        sync_batchnorm=config.trainer.sync_batchnorm,
         precision=config.trainer.precision,
         deterministic=config.trainer.deterministic,
         gradient_clip_val=config.recipe.grad_clip_norm,
@@ -132,6 +139,8 @@ def run_experiment(
     started = time.perf_counter()
     trainer.fit(module, datamodule=BundleDataModule(bundle, config.data, config.seed), ckpt_path=last_path if resume and last_path.exists() else None)
     train_seconds = time.perf_counter() - started
+    if not trainer.is_global_zero:  # other DDP ranks only train; rank 0 evaluates and writes
+        return RunResult(run_dir, best_path, last_path, None)
 
     results = {
         "name": config.name,
@@ -142,8 +151,7 @@ def run_experiment(
         "connector_parameters": count_parameters(losses),
         **_best_and_last(best_path, last_path, bundle, config, teacher),
     }
-    if trainer.is_global_zero:
-        write_json(run_dir / "results.json", results)
+    write_json(run_dir / "results.json", results)
     return RunResult(run_dir, best_path, last_path, results)
 
 
