@@ -48,3 +48,17 @@ def test_input_errors_exit_2_with_a_message_and_no_traceback(tmp_path):
 
     result = runner.invoke(app, ["evaluate", str(tmp_path / "missing.ckpt")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_hostile_data_inputs_are_clear_errors(tmp_path):
+    missing = write_config(tmp_path / "fm.yaml", {**tiny_experiment(tmp_path / "fm"), "data": {"name": "fashion_mnist", "root": str(tmp_path / "nowhere")}})
+    result = runner.invoke(app, ["train", str(missing)])
+    assert result.exit_code == 2 and "nowhere" in result.output and "Traceback" not in result.output
+
+    (tmp_path / "tree" / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "tree" / "val" / "cat").mkdir(parents=True)
+    (tmp_path / "tree" / "train" / "cat" / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "tree" / "val" / "cat" / "broken.png").write_bytes(b"not an image")
+    corrupt = write_config(tmp_path / "if.yaml", {**tiny_experiment(tmp_path / "if"), "data": {"name": "imagefolder", "root": str(tmp_path / "tree"), "image_size": 16, "resize_size": 16, "val_fraction": 0.5}})
+    result = runner.invoke(app, ["train", str(corrupt)])
+    assert result.exit_code == 2 and "broken.png" in result.output and "replace or remove" in result.output

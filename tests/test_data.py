@@ -18,7 +18,7 @@ from PIL import Image
 from pydantic import ValidationError
 from torch.utils.data import DataLoader
 
-from kdlens.data import DATASETS, DatasetNotFoundError, build_data, dataset_config_types, fashion_mnist, split_train_val
+from kdlens.data import DATASETS, DataError, DatasetNotFoundError, build_data, dataset_config_types, fashion_mnist, split_train_val
 from kdlens.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR10Config, CIFAR100Config
 from kdlens.data.fashion_mnist import FashionMNISTConfig, read_idx
 from kdlens.data.imagefolder import ImageFolderConfig
@@ -42,7 +42,7 @@ def shapes_arrays(cfg: ShapesConfig, split: str, n: int):
 
 
 def test_registry_lists_every_dataset():
-    assert DATASETS.names() == ["cifar10", "cifar100", "fashion_mnist", "imagefolder", "shapes"]
+    assert DATASETS.names() == ["cifar10", "cifar100", "fashion_mnist", "imagefolder", "imagenet_s", "shapes"]
     assert {c.model_fields["name"].default for c in dataset_config_types()} == set(DATASETS.names())
 
 
@@ -407,7 +407,7 @@ def test_imagefolder_corrupt_image_is_named(tmp_path):
     write_image_tree(tmp_path)
     (tmp_path / "val" / "dog" / "broken.png").write_bytes(b"not a png at all")
     bundle = build_data(ImageFolderConfig(root=str(tmp_path), image_size=16, resize_size=20))
-    with pytest.raises(OSError, match="broken.png"):
+    with pytest.raises(DataError, match="broken.png"):
         for i in range(len(bundle.test)):
             bundle.test[i]
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from kdlens.config import ConfigError, ExperimentConfig, apply_override, load_config
-from kdlens.data import DatasetNotFoundError
+from kdlens.data import DataError, DatasetNotFoundError
 from kdlens.training.checkpoints import CheckpointError
 from kdlens.training.module import TrainingDiverged
 
@@ -32,7 +32,7 @@ def _user_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ConfigError, CheckpointError, DatasetNotFoundError, TrainingDiverged) as err:
+        except (ConfigError, CheckpointError, DataError, DatasetNotFoundError, TrainingDiverged) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
 

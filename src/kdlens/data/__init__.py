@@ -1,8 +1,8 @@
 """Datasets: a registry of configs and builders; importing this package registers all of them."""
 
-from kdlens.data import cifar, fashion_mnist, imagefolder, shapes  # noqa: F401  (registration)
+from kdlens.data import cifar, fashion_mnist, imagefolder, imagenet_s, shapes  # noqa: F401  (registration)
 from kdlens.data.base import DATASETS, DataBundle, DataConfigBase, register_dataset
-from kdlens.data.common import DatasetNotFoundError, split_train_val
+from kdlens.data.common import DataError, DatasetNotFoundError, split_train_val
 
 
 def build_data(cfg: DataConfigBase) -> DataBundle:
@@ -15,5 +15,5 @@ def dataset_config_types() -> list[type[DataConfigBase]]:
     return [DATASETS[name].config for name in DATASETS.names()]
 
 
-__all__ = ["DATASETS", "DataBundle", "DataConfigBase", "DatasetNotFoundError", "build_data",
+__all__ = ["DATASETS", "DataBundle", "DataConfigBase", "DataError", "DatasetNotFoundError", "build_data",
            "dataset_config_types", "register_dataset", "split_train_val"]

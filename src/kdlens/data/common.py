@@ -25,6 +25,11 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are not where kdlens looked, and could not be fetched."""
 
 
+class DataError(ValueError):
+    """A dataset's files exist but cannot be used (corrupt image, mask of the wrong size, ...);
+    the message names the file and the fix."""
+
+
 def data_home() -> Path:
     """``$KDLENS_DATA`` when set, else ``~/.cache/kdlens``: the default place for downloads."""
     env = os.environ.get("KDLENS_DATA")

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import Field
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
 from kdlens.data.base import DataBundle, DataConfigBase, register_dataset
-from kdlens.data.common import DatasetNotFoundError, RawSample, make_transforms, train_val_test
+from kdlens.data.common import DataError, DatasetNotFoundError, RawSample, make_transforms, train_val_test
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LAYOUT = "ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (.jpg, .png, ...)"
@@ -39,8 +39,8 @@ class ImageFileSource:
         try:
             with Image.open(path) as image:
                 return {"image": image.convert("RGB"), "label": label}
-        except (OSError, UnidentifiedImageError) as err:  # UnidentifiedImageError is an OSError too
-            raise OSError(f"cannot read image {path}: {err}") from err
+        except OSError as err:  # UnidentifiedImageError and truncated files are OSErrors
+            raise DataError(f"cannot read image {path} ({err}): replace or remove the file") from err
 
 
 def _scan(root: Path) -> tuple[list[str], ImageFileSource, ImageFileSource]:
@@ -51,7 +51,7 @@ def _scan(root: Path) -> tuple[list[str], ImageFileSource, ImageFileSource]:
     classes, class_to_idx = find_classes(str(root / "train"))
     extra = sorted(set(find_classes(str(root / "val"))[0]) - set(classes))
     if extra:
-        raise ValueError(f"{root / 'val'} has classes that {root / 'train'} lacks: {', '.join(extra)}")
+        raise DataError(f"{root / 'val'} has classes that {root / 'train'} lacks: {', '.join(extra)}")
     train, test = (ImageFileSource(make_dataset(str(root / split), class_to_idx, extensions=IMG_EXTENSIONS))
                    for split in ("train", "val"))
     return classes, train, test

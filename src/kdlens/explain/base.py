@@ -153,9 +153,12 @@ def reduce_channels(attribution: Tensor, reduce: Reduce) -> Tensor:
     raise ExplainError(f"reduce must be 'sum', 'abs_sum' or 'none', got '{reduce}'")
 
 
-def chunk_slices(total: int, chunk_size: int) -> Iterator[slice]:
-    for start in range(0, total, chunk_size):
-        yield slice(start, min(start + chunk_size, total))
+def grid_chunks(rows: int, cols: int, chunk_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    """The (row, col) index pairs of a rows × cols grid in row-major order, ``chunk_size`` pairs at
+    a time: e.g. (sample, channel) for ScoreCAM, (sample, perturbation) for LIME."""
+    for start in range(0, rows * cols, chunk_size):
+        flat = torch.arange(start, min(start + chunk_size, rows * cols), device=device)
+        yield flat.div(cols, rounding_mode="floor"), flat % cols
 
 
 def per_sample_chunks(batch_size: int, chunk_size: int) -> int:

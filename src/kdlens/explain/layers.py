@@ -1,0 +1,192 @@
+"""Finding the layer to explain, reading its activations and gradients, and cutting a model at it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from kdlens.explain.base import ExplainError, eval_mode, require_autograd
+from kdlens.models import FeatureTaps, resolve_module
+
+_GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_POOLS = (nn.AvgPool2d, nn.MaxPool2d)
+
+
+def default_layer(model: nn.Module, x: Tensor) -> str:
+    """The path of the last module whose output is a 4-D feature map, global pooling excluded.
+
+    Found by one probe forward of ``x[:1]`` (in eval mode, without gradients) with a hook on every
+    module, so no model has to declare it. A container finishes after its last child, so the
+    answer is the outermost module producing that map (``layer3`` rather than ``layer3.1``): for
+    the models of ``kdlens.models`` it is the last of ``get_model_spec(name).stages`` (or, for
+    torchvision MobileNets, the ``features`` container whose output is that stage's).
+    """
+    finished: list[tuple[str, nn.Module, Tensor]] = []
+
+    def record(path: str) -> Callable[[nn.Module, object, object], None]:
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            if isinstance(output, Tensor):
+                finished.append((path, module, output))
+
+        return hook
+
+    handles = [m.register_forward_hook(record(path)) for path, m in model.named_modules() if path]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(x[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    for path, module, output in reversed(finished):
+        if output.ndim == 4 and not _is_global_pool(module, output):
+            return path
+    raise ExplainError(f"{type(model).__name__} has no module returning a 4-D feature map; pass layer= explicitly")
+
+
+def _is_global_pool(module: nn.Module, output: Tensor) -> bool:
+    return isinstance(module, _GLOBAL_POOLS) or (isinstance(module, _POOLS) and output.shape[-2:] == (1, 1))
+
+
+def layer_activations(model: nn.Module, layer: str, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The logits and the layer's output for ``x``, both still attached to the graph (if any)."""
+    with FeatureTaps(model, [layer]) as taps:
+        logits = model(x)
+    activations = taps[layer]
+    if activations.ndim != 4:
+        raise ExplainError(
+            f"layer '{layer}' returns a {activations.ndim}-D tensor; CAM methods need a (B, C, h, w) feature map"
+        )
+    return logits, activations
+
+
+def layer_gradients(
+    model: nn.Module, layer: str, x: Tensor, target: Tensor, create_graph: bool
+) -> tuple[Tensor, Tensor]:
+    """The layer's activations A and ∂(Σ_b logit[b, target_b])/∂A, by ``torch.autograd.grad``
+    (parameters' ``.grad`` are never touched). Samples do not interact in eval mode, so one
+    backward of the summed target logits gives every sample's own gradient.
+
+    With ``create_graph`` both stay in the graph, so a loss on maps built from them reaches the
+    parameters before and after the layer; otherwise both are detached."""
+    require_autograd()
+    with torch.enable_grad():
+        # Without create_graph the input is made a leaf, so that frozen models (no parameter
+        # requires grad) still build the graph from which the layer's gradient is read.
+        logits, activations = layer_activations(model, layer, x if create_graph else x.detach().requires_grad_())
+        if not activations.requires_grad:
+            raise ExplainError(
+                "create_graph=True needs a graph from the parameters or the input to the layer's output: "
+                "the model has no parameter that requires grad and the input does not require grad"
+            )
+        (grads,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), activations, create_graph=create_graph)
+    if create_graph:
+        return activations, grads
+    return activations.detach(), grads
+
+
+class ModelSplit:
+    """A model's forward cut at one module: ``prefix(x) -> (layer output, carried values)`` and
+    ``rest(layer output, *carried) -> logits``, so that many edited copies of one layer output
+    re-run only the modules after the layer.
+
+    Built by tracing the forward with ``torch.fx`` (the layer kept as one call). ``carried`` are
+    the values computed before the layer that the rest still reads (e.g. a residual shortcut's
+    input when the layer is inside a block); each has the batch as its first dimension, so
+    ``carried[b_index]`` selects the samples whose edited layer outputs are evaluated.
+    """
+
+    def __init__(self, prefix: fx.GraphModule, rest: fx.GraphModule) -> None:
+        self.prefix = prefix
+        self.rest = rest
+
+    @classmethod
+    def at(cls, model: nn.Module, layer: str, probe: Tensor) -> ModelSplit | None:
+        """The split at ``layer``, or None where the model cannot be traced or cut there.
+
+        The split is accepted only if ``rest(*prefix(probe))`` reproduces ``model(probe)`` and every
+        carried value is batch-indexed, checked here on ``probe`` (in eval mode, without gradients).
+        """
+        resolve_module(model, layer)
+        try:
+            graph = _LeafAt(layer).trace(model)
+            split = cls(*_cut(model, graph, layer))
+            with eval_mode(model), torch.no_grad():
+                expected = model(probe)
+                layer_output, *carried = split.prefix(probe)
+                reproduced = split.rest(layer_output, *carried)
+        except Exception:  # fx fails in many ways (data-dependent control flow, ...): use no split
+            return None
+        batch_indexed = all(isinstance(v, Tensor) and v.shape[:1] == probe.shape[:1] for v in [layer_output, *carried])
+        if batch_indexed and reproduced.shape == expected.shape and torch.allclose(reproduced, expected, rtol=1e-4, atol=1e-5):
+            return split
+        return None
+
+
+class _LeafAt(fx.Tracer):
+    """Traces through every module except ``path`` (and torch's own layers), which stays one call."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name == self.path or super().is_leaf_module(m, module_qualified_name)
+
+
+def _cut(model: nn.Module, graph: fx.Graph, layer: str) -> tuple[fx.GraphModule, fx.GraphModule]:
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
+    if len(placeholders) != 1 or len(calls) != 1:
+        raise ValueError("only single-input models whose layer runs once per forward can be cut")
+    (cut,) = calls
+    after = _descendants(cut)
+    output = next(n for n in graph.nodes if n.op == "output")
+    if output not in after:
+        raise ValueError("the model's output does not depend on the layer")
+    # Parameters and constants are re-read by the rest; other values from before the cut are carried.
+    carried = list(dict.fromkeys(
+        arg for node in after for arg in node.all_input_nodes
+        if arg not in after and arg is not cut and arg.op != "get_attr"
+    ))
+
+    prefix_graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    needed = _ancestors([cut, *carried])
+    for node in graph.nodes:
+        if node in needed:
+            env[node] = prefix_graph.node_copy(node, env.__getitem__)
+    prefix_graph.output(tuple(env[n] for n in [cut, *carried]))
+
+    rest_graph = fx.Graph()
+    env = {cut: rest_graph.placeholder("layer_output")}
+    env.update({node: rest_graph.placeholder(f"carried_{i}") for i, node in enumerate(carried)})
+    for node in graph.nodes:
+        if node in after or (node.op == "get_attr" and any(user in after for user in node.users)):
+            env[node] = rest_graph.node_copy(node, env.__getitem__)
+    return fx.GraphModule(model, prefix_graph), fx.GraphModule(model, rest_graph)
+
+
+def _descendants(node: fx.Node) -> set[fx.Node]:
+    found: set[fx.Node] = set()
+    stack = list(node.users)
+    while stack:
+        current = stack.pop()
+        if current not in found:
+            found.add(current)
+            stack.extend(current.users)
+    return found
+
+
+def _ancestors(nodes: list[fx.Node]) -> set[fx.Node]:
+    found: set[fx.Node] = set()
+    stack = list(nodes)
+    while stack:
+        current = stack.pop()
+        if current not in found:
+            found.add(current)
+            stack.extend(current.all_input_nodes)
+    return found
+
