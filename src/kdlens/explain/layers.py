@@ -146,11 +146,12 @@ def _cut(model: nn.Module, graph: fx.Graph, layer: str) -> tuple[fx.GraphModule,
     output = next(n for n in graph.nodes if n.op == "output")
     if output not in after:
         raise ValueError("the model's output does not depend on the layer")
-    # Parameters and constants are re-read by the rest; other values from before the cut are carried.
-    carried = list(dict.fromkeys(
-        arg for node in after for arg in node.all_input_nodes
-        if arg not in after and arg is not cut and arg.op != "get_attr"
-    ))
+    input_dependent = _descendants(placeholders[0]) | set(placeholders)
+    outside = {arg for node in after for arg in node.all_input_nodes if arg not in after and arg is not cut}
+    # Values from before the cut that depend on the input are carried over; the rest recomputes
+    # the input-independent ones (parameters and functions of them, e.g. normalised weights).
+    carried = [node for node in graph.nodes if node in outside and node in input_dependent]
+    constants = _ancestors([node for node in outside if node not in input_dependent])
 
     prefix_graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
@@ -164,7 +165,7 @@ def _cut(model: nn.Module, graph: fx.Graph, layer: str) -> tuple[fx.GraphModule,
     env = {cut: rest_graph.placeholder("layer_output")}
     env.update({node: rest_graph.placeholder(f"carried_{i}") for i, node in enumerate(carried)})
     for node in graph.nodes:
-        if node in after or (node.op == "get_attr" and any(user in after for user in node.users)):
+        if node in after or node in constants:
             env[node] = rest_graph.node_copy(node, env.__getitem__)
     return fx.GraphModule(model, prefix_graph), fx.GraphModule(model, rest_graph)
 

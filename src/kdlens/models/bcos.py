@@ -39,11 +39,17 @@ _NORM_EPS = 1e-6
 (for B < 2, |cos|^(B−1) has an infinite slope at 0); as in the B-cos v2 code."""
 
 
-class _DynamicScale:
+class DynamicLinear:
+    """A layer computing s(x)·L(x) with L linear and s(x) a data-dependent scale that
+    ``explanation_mode`` detaches (so the layer is linear in x for autograd)."""
+
+    detach_dynamic_scale: bool = False
+
+
+class _BcosUnit(DynamicLinear):
     """The B-cos non-linearity shared by the conv and linear layers."""
 
     b: float
-    detach_dynamic_scale: bool = False
 
     def _bcos(self, linear_out: Tensor, input_norm: Tensor) -> Tensor:
         """(ŵᵀx)·|cos(x, ŵ)|^(B−1) from ŵᵀx and ‖x‖, with cos = ŵᵀx / ‖x‖ since ‖ŵ‖ = 1."""
@@ -53,7 +59,7 @@ class _DynamicScale:
         return scale * linear_out
 
 
-class BcosConv2d(_DynamicScale, nn.Conv2d):
+class BcosConv2d(_BcosUnit, nn.Conv2d):
     """B-cos convolution: each output is (ŵᵀx)·|cos(x, ŵ)|^(B−1) for its input patch x, with ŵ the
     output channel's kernel scaled to unit norm. No bias, one group, zero padding. The norm of every
     patch is √(conv(Σ_channels x², ones kernel)), computed without unfolding."""
@@ -75,7 +81,7 @@ class BcosConv2d(_DynamicScale, nn.Conv2d):
         return f"{super().extra_repr()}, B={self.b}"
 
 
-class BcosLinear(_DynamicScale, nn.Linear):
+class BcosLinear(_BcosUnit, nn.Linear):
     """B-cos linear layer: output j is (ŵ_jᵀx)·|cos(x, ŵ_j)|^(B−1), ŵ_j row j at unit norm; no bias."""
 
     def __init__(self, in_features: int, out_features: int, b: float = 2.0) -> None:
@@ -90,6 +96,21 @@ class BcosLinear(_DynamicScale, nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, B={self.b}"
+
+
+class PositionNorm(DynamicLinear, nn.LayerNorm):
+    """B-cos v2's uncentred position norm without bias: at each position, x / std over channels,
+    times a learnable per-channel weight. Per sample, so train and eval agree and no sample
+    affects another; the std is a dynamic scale (detached in explanation mode)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__(channels, eps=eps, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        std = x.var(dim=1, unbiased=False, keepdim=True).add(self.eps).sqrt()
+        if self.detach_dynamic_scale:
+            std = std.detach()
+        return self.weight[:, None, None] * (x / std)
 
 
 class AddInverse(nn.Module):
@@ -112,18 +133,22 @@ class Denormalize(nn.Module):
 
 
 class BcosBasicBlock(nn.Module):
-    """Two 3×3 B-cos convs plus a residual, projected by a 1×1 B-cos conv where the shape changes."""
+    """Two 3×3 B-cos convs, each followed by a position norm, plus a residual, projected by a 1×1
+    B-cos conv and position norm where the shape changes. No activations: the B-cos units are the
+    non-linearity."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, b: float) -> None:
         super().__init__()
         self.conv1 = BcosConv2d(in_channels, out_channels, 3, stride=stride, padding=1, b=b)
+        self.norm1 = PositionNorm(out_channels)
         self.conv2 = BcosConv2d(out_channels, out_channels, 3, padding=1, b=b)
+        self.norm2 = PositionNorm(out_channels)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = BcosConv2d(in_channels, out_channels, 1, stride=stride, b=b)
+            self.shortcut = nn.Sequential(BcosConv2d(in_channels, out_channels, 1, stride=stride, b=b), PositionNorm(out_channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv2(self.conv1(x)) + self.shortcut(x)
+        return self.norm2(self.conv2(self.norm1(self.conv1(x)))) + self.shortcut(x)
 
 
 class BcosResNet(nn.Module):
@@ -146,6 +171,7 @@ class BcosResNet(nn.Module):
         self.denormalize = Denormalize(in_channels)
         self.add_inverse = AddInverse()
         self.conv1 = BcosConv2d(2 * in_channels, widths[0], 3, padding=1, b=b)
+        self.norm1 = PositionNorm(widths[0])
         self.layer1 = _make_stage(widths[0], widths[1], blocks_per_stage, stride=1, b=b)
         self.layer2 = _make_stage(widths[1], widths[2], blocks_per_stage, stride=2, b=b)
         self.layer3 = _make_stage(widths[2], widths[3], blocks_per_stage, stride=2, b=b)
@@ -164,7 +190,7 @@ class BcosResNet(nn.Module):
 
     def forward_encoded(self, encoded: Tensor) -> Tensor:
         """Logits from :meth:`encode_input`'s output."""
-        x = self.layer3(self.layer2(self.layer1(self.conv1(encoded))))
+        x = self.layer3(self.layer2(self.layer1(self.norm1(self.conv1(encoded)))))
         return self.fc(x).mean(dim=(2, 3))
 
     def forward(self, images: Tensor) -> Tensor:
@@ -174,7 +200,7 @@ class BcosResNet(nn.Module):
     def explanation_mode(self) -> Iterator[BcosResNet]:
         """Within the block, the dynamic scales are constants for autograd: logits = W(z)·z with
         W(z) = ∂logits/∂z, z = :meth:`encode_input` (images). The previous state is restored on exit."""
-        layers = [m for m in self.modules() if isinstance(m, _DynamicScale)]
+        layers = [m for m in self.modules() if isinstance(m, DynamicLinear)]
         previous = [layer.detach_dynamic_scale for layer in layers]
         for layer in layers:
             layer.detach_dynamic_scale = True
