@@ -145,6 +145,23 @@ def evaluate(
 
 @app.command()
 @_user_errors
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="kdlens checkpoint (.ckpt)")],
+    format: Annotated[str, typer.Option("--format", help="export format")] = "onnx",
+    out: Annotated[Optional[Path], typer.Option(help="output file; default: beside the checkpoint")] = None,
+) -> None:
+    """Export the trained model (without connectors) to ONNX, verified with onnxruntime, with a
+    model card (.card.json/.card.md) beside it."""
+    from kdlens.export import export_onnx
+
+    if format != "onnx":
+        raise ConfigError(f"unknown export format '{format}': kdlens exports 'onnx'")
+    result = export_onnx(checkpoint, out)
+    typer.echo(f"wrote {result.onnx_path} (onnxruntime max |Δlogit| {result.max_abs_difference:.1e}) and {result.card_path}")
+
+
+@app.command()
+@_user_errors
 def demo(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/demo"),
     epochs: Annotated[int, typer.Option(help="student epochs")] = 8,
