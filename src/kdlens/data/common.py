@@ -76,13 +76,18 @@ class TensorSource:
 
 class DictDataset(Dataset):
     """One split: ``source`` samples (optionally a subset ``indices``) passed through ``transform``,
-    returned as the dict samples described in :class:`kdlens.data.base.DataBundle`."""
+    returned as the dict samples described in :class:`kdlens.data.base.DataBundle`.
+
+    ``eval_transform`` is the same pipeline without augmentation (see :meth:`unaugmented`)."""
 
     def __init__(self, source: SampleSource, transform: Callable[[RawSample], RawSample],
-                 indices: Tensor | None = None) -> None:
+                 indices: Tensor | None = None, eval_transform: Callable[[RawSample], RawSample] | None = None,
+                 attached: tuple[dict[str, Tensor], dict[str, Tensor]] = ({}, {})) -> None:
         self.source = source
         self.transform = transform
         self.indices = indices
+        self.eval_transform = eval_transform or transform
+        self.spatial, self.plain = attached
 
     def __len__(self) -> int:
         return len(self.source) if self.indices is None else len(self.indices)
@@ -90,14 +95,32 @@ class DictDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for a split of {len(self)} samples")
-        raw = self.transform(self.source[i if self.indices is None else int(self.indices[i])])
+        raw = self.source[i if self.indices is None else int(self.indices[i])]
+        raw.update({key: tv_tensors.Mask(rows[i]) for key, rows in self.spatial.items()})
+        raw.update({key: rows[i] for key, rows in self.plain.items()})
+        raw = self.transform(raw)
         sample = {"image": raw["image"].as_subclass(Tensor), "index": torch.tensor(i)}
         for key in ("label", "group"):
             if key in raw:
                 sample[key] = torch.tensor(raw[key], dtype=torch.int64)
         if "mask" in raw:
             sample["mask"] = raw["mask"].as_subclass(Tensor).float()
+        sample.update({key: raw[key].as_subclass(Tensor) for key in (*self.spatial, *self.plain)})
         return sample
+
+    def unaugmented(self) -> DictDataset:
+        """The same samples in the same order, without augmentation (e.g. to precompute a frozen
+        teacher's outputs once)."""
+        return DictDataset(self.source, self.eval_transform, self.indices)
+
+    def attach(self, spatial: dict[str, Tensor] | None = None, plain: dict[str, Tensor] | None = None) -> DictDataset:
+        """A copy whose sample i also carries row i of each tensor: ``spatial`` rows (C×H×W at the
+        image's size, e.g. frozen teacher explanation maps) get the same crop/flip as the image;
+        ``plain`` rows (e.g. frozen teacher logits) pass through unchanged."""
+        for key, rows in {**(spatial or {}), **(plain or {})}.items():
+            if len(rows) != len(self):
+                raise ValueError(f"'{key}' has {len(rows)} rows for a split of {len(self)} samples")
+        return DictDataset(self.source, self.transform, self.indices, self.eval_transform, (spatial or {}, plain or {}))
 
 
 @dataclass(frozen=True)
@@ -119,6 +142,6 @@ def train_val_test(cfg: DataConfigBase, train_source: SampleSource, test_source:
     """Carve validation out of the training source; only the training subset augments."""
     train_idx, val_idx = split_train_val(len(train_source), cfg.val_fraction, cfg.split_seed)
     train_tf = transforms.train if cfg.augment else transforms.eval
-    return (DictDataset(train_source, train_tf, train_idx),
+    return (DictDataset(train_source, train_tf, train_idx, eval_transform=transforms.eval),
             DictDataset(train_source, transforms.eval, val_idx),
             DictDataset(test_source, transforms.eval))

@@ -1,7 +1,7 @@
 """Distillation loss terms, composable with weights."""
 
 from kdlens.distill import kd  # noqa: F401  (registers ce and kd)
-from kdlens.distill import at, dkd, expkd, feature_matching, fitnet, oracle_kd, sp  # noqa: F401  (register their terms)
+from kdlens.distill import at, dkd, e2kd, expkd, feature_matching, fitnet, oracle_kd, sp  # noqa: F401  (register their terms)
 from kdlens.distill.at import attention_map, attention_transfer
 from kdlens.distill.base import (
     LOSS_CONFIGS,

@@ -9,13 +9,16 @@ config's ``losses`` list is the discriminated union of all registered term confi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from kdlens.models import ModelSpec
+
+if TYPE_CHECKING:
+    from kdlens.distill.frozen import FrozenTeacherSpec
 from kdlens.registry import Registry
 
 
@@ -52,6 +55,10 @@ class DistillBatch:
     epoch: int = 0
     step: int = 0
     extras: dict[str, Tensor] = field(default_factory=dict)
+    teacher_graph: dict[str, Tensor] | None = None
+    """Only when a term sets ``needs_teacher_graph``: the teacher's ``logits`` and tapped features
+    still attached to its forward (parameters frozen), for gradients with respect to activations.
+    ``teacher_logits``/``teacher_features`` are always detached."""
 
 
 @dataclass
@@ -74,6 +81,8 @@ class LossTerm(nn.Module):
     optimiser and checkpoint restore see them)."""
 
     needs_teacher: ClassVar[bool] = False
+    needs_teacher_graph: bool = False
+    """Whether the term differentiates the teacher's outputs with respect to its activations."""
 
     def __init__(self, config: LossConfigBase, context: TermContext | None = None) -> None:
         super().__init__()
@@ -88,6 +97,10 @@ class LossTerm(nn.Module):
 
     def build_connectors(self, batch: DistillBatch) -> None:
         """Create trainable modules from the probe batch's feature shapes (default: none)."""
+
+    def frozen_teacher_spec(self) -> FrozenTeacherSpec | None:
+        """The teacher explanation this term wants precomputed once (default: none)."""
+        return None
 
     def forward(self, batch: DistillBatch) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -123,6 +136,10 @@ class DistillLoss(nn.Module):
     def needs_teacher(self) -> bool:
         return any(term.needs_teacher for term in self.terms)
 
+    @property
+    def needs_teacher_graph(self) -> bool:
+        return any(term.needs_teacher_graph for term in self.terms)
+
     def feature_paths(self) -> tuple[list[str], list[str]]:
         """Every module path any term reads, without repeats, for the student and the teacher."""
         student, teacher = [], []
@@ -135,6 +152,12 @@ class DistillLoss(nn.Module):
     def build_connectors(self, batch: DistillBatch) -> None:
         for term in self.terms:
             term.build_connectors(batch)
+
+    def frozen_teacher_spec(self) -> FrozenTeacherSpec | None:
+        specs = {spec for term in self.terms if (spec := term.frozen_teacher_spec()) is not None}
+        if len(specs) > 1:
+            raise ValueError(f"loss terms ask for different frozen teacher explanations {specs}; use one")
+        return specs.pop() if specs else None
 
     def forward(self, batch: DistillBatch) -> tuple[Tensor, dict[str, Tensor]]:
         parts = {

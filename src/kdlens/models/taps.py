@@ -7,6 +7,7 @@ import difflib
 from collections.abc import Callable, Iterable
 from types import TracebackType
 
+import torch
 from torch import Tensor, nn
 
 
@@ -38,8 +39,12 @@ class FeatureTaps:
     module called several times in one forward keeps its last output.
     """
 
-    def __init__(self, model: nn.Module, paths: Iterable[str]) -> None:
+    def __init__(self, model: nn.Module, paths: Iterable[str], as_grad_leaves: bool = False) -> None:
+        """``as_grad_leaves``: replace each tapped output by a detached copy that requires grad, so
+        gradients with respect to it exist even for a frozen model on an input without grad (a
+        teacher's Grad-CAM); the graph then starts at the tap, and nothing before it is recorded."""
         self.paths = tuple(dict.fromkeys(paths))
+        self.as_grad_leaves = as_grad_leaves
         # Resolve every path before registering any hook, so a typo leaves the model untouched.
         modules = {path: resolve_module(model, path) for path in self.paths}
         self._outputs: dict[str, Tensor] = {}
@@ -49,15 +54,19 @@ class FeatureTaps:
         ]
 
     def _make_hook(self, path: str) -> Callable[[nn.Module, tuple[object, ...], object], None]:
-        def store_output(module: nn.Module, inputs: tuple[object, ...], output: object) -> None:
+        def store_output(module: nn.Module, inputs: tuple[object, ...], output: object) -> Tensor | None:
             if not isinstance(output, Tensor):
                 raise TypeError(
                     f"FeatureTaps: '{path}' ({type(module).__name__}) returned "
                     f"{type(output).__name__}, not a Tensor; tap a module that returns a tensor"
                 )
+            leaf = self.as_grad_leaves and torch.is_grad_enabled() and not output.is_inference()
+            if leaf:
+                output = output.detach().requires_grad_()
             self._outputs[path] = output
             # Inference tensors have no version counter, so overwrites cannot be detected on them.
             self._versions[path] = None if output.is_inference() else output._version
+            return output if leaf else None  # a returned tensor replaces the module's output
 
         return store_output
 

@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from kdlens.config import RecipeConfig
 from kdlens.distill import DistillBatch, DistillLoss
+from kdlens.distill.frozen import TEACHER_LOGITS
 from kdlens.models import FeatureTaps
 from kdlens.training.recipes import build_optimizer, lr_factor, parameter_groups
 
@@ -43,7 +44,9 @@ class DistillationModule(L.LightningModule):
             teacher.requires_grad_(False).eval()
         student_paths, teacher_paths = losses.feature_paths()
         self.student_taps = FeatureTaps(model, student_paths)
-        self.teacher_taps = FeatureTaps(teacher, teacher_paths) if teacher is not None else None
+        self.teacher_taps = (
+            FeatureTaps(teacher, teacher_paths, as_grad_leaves=losses.needs_teacher_graph) if teacher is not None else None
+        )
         model.eval()
         with torch.no_grad():
             losses.build_connectors(self._distill_batch(probe))
@@ -66,10 +69,17 @@ class DistillationModule(L.LightningModule):
 
     def _distill_batch(self, batch: dict[str, torch.Tensor]) -> DistillBatch:
         images = batch["image"]
-        teacher_logits = None
-        if self.teacher is not None:
-            with torch.no_grad():
-                teacher_logits = self.teacher(images)
+        teacher_logits, teacher_features, teacher_graph = batch.get(TEACHER_LOGITS), {}, None
+        if self.teacher is not None and (teacher_logits is None or self.teacher_taps.paths or self.losses.needs_teacher_graph):
+            # Under grad, the taps turn the teacher's tapped outputs into grad leaves: the graph
+            # runs from those layers to the logits only (parameters stay frozen).
+            with torch.set_grad_enabled(self.losses.needs_teacher_graph and torch.is_grad_enabled()):
+                attached = self.teacher(images)
+            attached_features = self.teacher_taps.as_dict()
+            if attached.requires_grad:
+                teacher_graph = {"logits": attached, **attached_features}
+            teacher_logits = attached.detach()
+            teacher_features = {path: f.detach() for path, f in attached_features.items()}
         student_logits = self.model(images)
         return DistillBatch(
             images,
@@ -77,10 +87,11 @@ class DistillationModule(L.LightningModule):
             student_logits,
             teacher_logits,
             student_features=self.student_taps.as_dict(),
-            teacher_features=self.teacher_taps.as_dict() if self.teacher_taps is not None else {},
+            teacher_features=teacher_features,
             epoch=self.current_epoch,
             step=self.global_step,
-            extras={k: v for k, v in batch.items() if k not in ("image", "label", "index")},
+            extras={k: v for k, v in batch.items() if k not in ("image", "label", "index", TEACHER_LOGITS)},
+            teacher_graph=teacher_graph,
         )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from torch.utils.data import default_collate
 from kdlens.config import ConfigError, ExperimentConfig, ModelConfig, dump_config
 from kdlens.data import DataBundle, build_data
 from kdlens.distill import DistillLoss, TermContext
+from kdlens.distill.frozen import attach_frozen_teacher, frozen_teacher_outputs
 from kdlens.io import atomic_write_text, write_json
 from kdlens.metrics.evaluate import evaluate_models
 from kdlens.models import count_parameters, create_model, get_model_spec
@@ -100,6 +102,11 @@ def run_experiment(
         teacher_spec=get_model_spec(config.teacher.name) if config.teacher else None,
     )
     losses = DistillLoss(config.losses, context)
+    frozen_spec = losses.frozen_teacher_spec()
+    if frozen_spec is not None:
+        data_identity = config.data.model_dump(exclude={"batch_size", "eval_batch_size", "num_workers"})
+        outputs = frozen_teacher_outputs(teacher, bundle.train, config.teacher.checkpoint, data_identity, frozen_spec)
+        bundle = dataclasses.replace(bundle, train=attach_frozen_teacher(bundle.train, outputs))
     probe = default_collate([bundle.train[i] for i in range(2)])
     module = DistillationModule(model, losses, config.recipe, bundle.num_classes, checkpoint_info, probe, teacher)
 
