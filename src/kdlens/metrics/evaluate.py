@@ -5,8 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from kdlens.data import DataBundle, DataConfigBase
+from kdlens.data.loaders import eval_loader
 from kdlens.metrics.classification import Predictions, classification_report, predict
-from kdlens.training.datamodule import eval_loader
 
 
 def evaluation_splits(bundle: DataBundle) -> dict:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from kdlens.data import DataBundle, DataConfigBase
+from kdlens.data.loaders import eval_loader, make_loader
 
 
 class BundleDataModule(L.LightningDataModule):
@@ -27,15 +28,7 @@ class BundleDataModule(L.LightningDataModule):
             seed=self.seed,
             drop_last=True,
         )
-        return self._loader(self.bundle.train, self.config.batch_size, sampler=sampler, drop_last=True)
+        return make_loader(self.bundle.train, self.config.batch_size, self.config, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.bundle.val, self.config.eval_batch_size)
-
-    def _loader(self, dataset: Dataset, batch_size: int, **kwargs) -> DataLoader:
-        workers = self.config.num_workers
-        return DataLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0, **kwargs)
-
-
-def eval_loader(dataset: Dataset, config: DataConfigBase) -> DataLoader:
-    return DataLoader(dataset, batch_size=config.eval_batch_size, num_workers=config.num_workers)
+        return eval_loader(self.bundle.val, self.config)
