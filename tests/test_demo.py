@@ -6,22 +6,23 @@ from typer.testing import CliRunner
 from kdlens.cli import app
 
 
-def test_demo_prints_the_table_writes_results_and_reuses_finished_runs(tmp_path):
+def test_demo_prints_the_table_writes_results_and_reuses_finished_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDLENS_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--out", str(out), "--epochs", "1", "--teacher-epochs", "1"])
     assert result.exit_code == 0, result.output
     assert "shifted worst-group" in result.output
-    for model in ("teacher", "scratch", "kd"):
+    for model in ("teacher", "scratch", "kd", "e2kd"):
         assert f"\n{model} " in result.output
 
     results = json.loads((out / "results.json").read_text())
-    assert set(results["results"]) == {"teacher", "scratch", "kd"}
+    assert set(results["results"]) == {"teacher", "scratch", "kd", "e2kd"}
     for report in results["results"].values():
         assert {"test", "shifted"} <= set(report)
         assert 0.0 <= report["shifted"]["worst_group_accuracy"] <= report["shifted"]["top1"] <= 1.0
     assert results["results"]["teacher"]["test"]["agreement"] == 1.0
     with open(out / "results.csv") as f:
-        assert [row["model"] for row in csv.DictReader(f)] == ["teacher", "scratch", "kd"]
+        assert [row["model"] for row in csv.DictReader(f)] == ["teacher", "scratch", "kd", "e2kd"]
 
     again = CliRunner().invoke(app, ["demo", "--out", str(out), "--epochs", "1", "--teacher-epochs", "1"])
-    assert again.exit_code == 0 and again.output.count("already trained") == 3
+    assert again.exit_code == 0 and again.output.count("already trained") == 4

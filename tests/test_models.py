@@ -37,6 +37,7 @@ EXPECTED_MODELS = {
     "resnet50",
     "mobilenet_v2",
     "mobilenet_v3_small",
+    *(f"bcos_{base}" for base in ("resnet20", "resnet56", "resnet8x4", "resnet32x4")),
 }
 
 # Millions of parameters with a 100-class head, as published for the CIFAR-100 benchmarks.
@@ -59,6 +60,8 @@ PUBLISHED_CIFAR100_PARAMS = {
 
 # Models whose classifier reads a hidden layer, not the pooled last stage directly.
 HIDDEN_LAYER_HEADS = {"mobilenet_v3_small"}
+# Models whose classifier is a 1×1 conv on the last stage map, pooled afterwards (B-cos v2 head).
+PER_POSITION_HEADS = {name for name in EXPECTED_MODELS if name.startswith("bcos_")}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -106,7 +109,7 @@ def test_spec_paths_resolve_and_last_stage_feeds_classifier(name: str) -> None:
     spec = get_model_spec(name)
     model = eval_model(name)
     classifier = resolve_module(model, spec.classifier)
-    assert isinstance(classifier, nn.Linear)
+    assert isinstance(classifier, nn.Conv2d if name in PER_POSITION_HEADS else nn.Linear)
     classifier_input: list[torch.Tensor] = []
     hook = classifier.register_forward_pre_hook(
         lambda _, inputs: classifier_input.append(inputs[0])
@@ -119,6 +122,9 @@ def test_spec_paths_resolve_and_last_stage_feeds_classifier(name: str) -> None:
         hook.remove()
 
     assert all(output.dim() == 4 for output in stage_outputs)
+    if name in PER_POSITION_HEADS:
+        assert classifier_input[0] is stage_outputs[-1]
+        return
     assert classifier_input[0].shape == (2, classifier.in_features)
     if name not in HIDDEN_LAYER_HEADS:
         pooled = stage_outputs[-1].mean(dim=(2, 3))

@@ -167,7 +167,70 @@ def demo(
     epochs: Annotated[int, typer.Option(help="student epochs")] = 8,
     teacher_epochs: Annotated[int, typer.Option(help="teacher epochs")] = 10,
 ) -> None:
-    """Teacher on unbiased shapes; scratch and KD students on shortcut-biased shapes; one table."""
+    """Teacher on unbiased shapes; scratch, KD and e²KD students on shortcut-biased shapes; one table."""
     from kdlens.demo import run_demo
 
     run_demo(out, epochs=epochs, teacher_epochs=teacher_epochs, log=typer.echo)
+
+
+@app.command()
+@_user_errors
+def explain(
+    checkpoints: Annotated[list[Path], typer.Argument(help="kdlens checkpoints (.ckpt): the first is the teacher, the others students")],
+    method: Annotated[list[str], typer.Option("--method", help="explanation method, repeatable (e.g. gradcam, lrp, lime)")],
+    out: Annotated[Path, typer.Option(help="folder for explanations.png and explanations.npz")],
+    data: Annotated[Optional[str], typer.Option(help="dataset name; default: the one the teacher was trained on")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="dataset option, e.g. --set shortcut=0.95")] = None,
+    n: Annotated[int, typer.Option("--n", min=1, help="number of images (the first n of the split)")] = 16,
+    split: Annotated[str, typer.Option(help="train, val, test or an extra split of the dataset (e.g. shifted)")] = "test",
+    target: Annotated[str, typer.Option(help="class explained: label (true), pred (each model's own top-1) or teacher (the teacher's top-1)")] = "label",
+) -> None:
+    """Explanation maps of a teacher and its students on the first n images of a split: a PNG grid
+    (rows: images; columns: the input, then per method the teacher and each student, one colour
+    scale per method) and the raw maps, images, labels and predictions as .npz."""
+    import torch
+
+    from kdlens.config import validate_data_config
+    from kdlens.data import build_data
+    from kdlens.explain import EXPLAINERS, ExplainError
+    from kdlens.explain.figure import write_explanations
+    from kdlens.registry import unknown_name_message
+    from kdlens.training.checkpoints import load_model
+
+    for name in method:
+        if name not in EXPLAINERS:
+            raise ConfigError(unknown_name_message("explanation method", name, EXPLAINERS.names()))
+    if target not in ("label", "pred", "teacher"):
+        raise ConfigError(f"--target must be label, pred or teacher, got '{target}'")
+    loaded = [load_model(path) for path in checkpoints]
+    teacher_info = loaded[0][1]
+    trained_on = teacher_info["config"]["data"]
+    data_raw = {"name": data} if data and data != trained_on["name"] else dict(trained_on)
+    for option in set_ or []:
+        apply_override(data_raw, option)
+    data_raw["augment"] = False  # explain the images themselves, also on the train split
+    bundle = build_data(validate_data_config(data_raw))
+    for path, (_, info) in zip(checkpoints, loaded):
+        if (info["num_classes"], info["in_channels"]) != (bundle.num_classes, bundle.in_channels):
+            raise ConfigError(
+                f"'{path}' predicts {info['num_classes']} classes from {info['in_channels']} channels but "
+                f"'{data_raw['name']}' has {bundle.num_classes} classes and {bundle.in_channels} channels"
+            )
+    splits = {"train": bundle.train, "val": bundle.val, "test": bundle.test, **bundle.extra_splits}
+    if split not in splits:
+        raise ConfigError(f"--split '{split}' is not a split of '{data_raw['name']}'; its splits: {', '.join(splits)}")
+    samples = [splits[split][i] for i in range(min(n, len(splits[split])))]
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model_names = ["teacher"] + [f"student {i}" for i in range(1, len(loaded))]
+    try:
+        png, npz = write_explanations(
+            out, [model.to(device) for model, _ in loaded], model_names, [str(p) for p in checkpoints],
+            torch.stack([s["image"] for s in samples]).to(device), torch.stack([s["label"] for s in samples]).to(device),
+            method, target, mean=teacher_info["mean"], std=teacher_info["std"],
+            class_names=teacher_info.get("class_names") or [str(c) for c in range(bundle.num_classes)],
+        )
+    except ExplainError as err:
+        raise ConfigError(str(err)) from None
+    typer.echo(f"wrote {png} and {npz} ({len(samples)} {split} images, target: {target}; "
+               f"columns: {', '.join(model_names)} for {', '.join(method)})")

@@ -24,7 +24,9 @@ class ModelSpec:
     """Module paths (as in ``model.named_modules()``) of each stage's output, shallow to deep; the
     last one is the last convolutional feature map before global pooling."""
     classifier: str
-    """Module path of the final ``nn.Linear``; its input is the penultimate feature vector."""
+    """Module path of the classification layer: the final ``nn.Linear``, whose input is the
+    penultimate feature vector, or for B-cos nets the 1×1 B-cos conv whose spatial mean is the
+    logits (its weight is (K, C, 1, 1): ``weight.flatten(1)`` gives the (K, C) matrix)."""
 
 
 MODELS: Registry[ModelSpec] = Registry("model")

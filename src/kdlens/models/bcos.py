@@ -1,11 +1,20 @@
 """B-cos networks (Böhle et al., CVPR 2022; TPAMI 2024 "B-cos v2"): dynamic-linear CIFAR ResNets
 whose logits are exactly W(x)·x, so that W(x) is a faithful explanation.
 
-A B-cos unit computes (ŵᵀx)·|cos(x, ŵ)|^(B−1) with a unit-norm weight ŵ; it replaces convolution,
-BatchNorm and ReLU together. The ResNets here are the kdlens CIFAR ResNets with every conv a B-cos
-conv and no normalisation or activation layers (the B-cos v1 CIFAR setting, the v2 "no norm"
-ablation), and the v2 head: a 1×1 B-cos conv classifies every position of the last stage and the
-logits are the spatial mean of its output.
+A B-cos unit computes (ŵᵀx)·|cos(x, ŵ)|^(B−1) with a unit-norm weight ŵ and no bias; with no
+activation layers, it is the network's only non-linearity. The ResNets here are the kdlens CIFAR
+ResNets (same stages, same module paths ``layer1..3``) with every conv a B-cos conv, no ReLU, and
+after each conv B-cos v2's uncentred position norm without bias (:class:`PositionNorm`) in place of
+BatchNorm. The position norm is per sample, so no sample depends on its batch-mates and train and
+eval modes compute the same function. Without any normalisation (the v1 CIFAR setting) the output
+scale shrinks by ~√(3/d) per unit at initialisation (d = k²·C_in) and grows with alignment: with
+kdlens' SGD recipe such a net stays at chance, and the fixed per-layer gains tried (v1's 100/√d,
+the variance-preserving √(d/3)) diverge; only Adam, the papers' optimiser, trains it. Even with
+the norms B-cos nets are sharper than BatchNorm ResNets: train them with Adam (lr 1e-3, as the
+papers) or SGD at lr ≤ 0.01; at SGD lr 0.05 the loss of a fixed batch spikes within ~10 steps. The
+head is v2's: a 1×1 B-cos conv (``fc``) scores every position of
+the last stage and the logits are the spatial mean of its output (no logit bias: a constant bias
+does not change a softmax).
 
 Inputs. B-cos nets read images in [0, 1] encoded as [x, 1 − x] (:class:`AddInverse`), so that
 colour is a direction and dark pixels still have a norm. kdlens datasets deliver normalised images
@@ -14,8 +23,8 @@ x·std + mean with ``mean``/``std`` buffers that default to 0 and 1 (the input i
 [0, 1] already) and are set once with :meth:`BcosResNet.set_input_normalization`. They are saved
 with the weights, so a checkpoint restores them.
 
-Explanations. Inside ``model.explanation_mode()`` every dynamic scale |cos|^(B−1) (and the input
-patch norm inside it) is detached, so the model is linear in its encoded input z =
+Explanations. Inside ``model.explanation_mode()`` every dynamic scale, |cos|^(B−1) of the B-cos
+units and the std of the position norms, is detached, so the model is linear in its encoded input z =
 :meth:`BcosResNet.encode_input` (images) given the scales, and logit_c = Σ ∂logit_c/∂z ⊙ z exactly.
 Contributions are taken with respect to z (2·C channels), not the images: denormalising and
 AddInverse are affine, not linear.
@@ -47,9 +56,13 @@ class DynamicLinear:
 
 
 class _BcosUnit(DynamicLinear):
-    """The B-cos non-linearity shared by the conv and linear layers."""
+    """The B-cos non-linearity shared by the conv and linear layers (mixed in before them)."""
 
-    b: float
+    def __init__(self, *args, b: float, **kwargs) -> None:
+        super().__init__(*args, bias=False, **kwargs)
+        if b < 1:
+            raise ValueError(f"B-cos exponent B must be >= 1, got {b}")
+        self.b = b
 
     def _bcos(self, linear_out: Tensor, input_norm: Tensor) -> Tensor:
         """(ŵᵀx)·|cos(x, ŵ)|^(B−1) from ŵᵀx and ‖x‖, with cos = ŵᵀx / ‖x‖ since ‖ŵ‖ = 1."""
@@ -65,10 +78,7 @@ class BcosConv2d(_BcosUnit, nn.Conv2d):
     patch is √(conv(Σ_channels x², ones kernel)), computed without unfolding."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0, b: float = 2.0) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False)
-        if b < 1:
-            raise ValueError(f"B-cos exponent B must be >= 1, got {b}")
-        self.b = b
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, b=b)
 
     def forward(self, x: Tensor) -> Tensor:
         unit_weight = F.normalize(self.weight.flatten(1), dim=1).view_as(self.weight)
@@ -85,10 +95,7 @@ class BcosLinear(_BcosUnit, nn.Linear):
     """B-cos linear layer: output j is (ŵ_jᵀx)·|cos(x, ŵ_j)|^(B−1), ŵ_j row j at unit norm; no bias."""
 
     def __init__(self, in_features: int, out_features: int, b: float = 2.0) -> None:
-        super().__init__(in_features, out_features, bias=False)
-        if b < 1:
-            raise ValueError(f"B-cos exponent B must be >= 1, got {b}")
-        self.b = b
+        super().__init__(in_features, out_features, b=b)
 
     def forward(self, x: Tensor) -> Tensor:
         linear_out = F.linear(x, F.normalize(self.weight, dim=1))

@@ -81,6 +81,8 @@ def run_experiment(
     L.seed_everything(config.seed, workers=True, verbose=False)
     bundle = bundle or build_data(config.data)
     model = create_model(config.model.name, bundle.num_classes, bundle.in_channels)
+    if hasattr(model, "set_input_normalization"):  # B-cos nets encode [x, 1−x] of pixels in [0, 1]
+        model.set_input_normalization(bundle.mean, bundle.std)
     if config.model.checkpoint:
         model.load_state_dict(load_pretrained(config.model, bundle, "model").state_dict())
     teacher = load_pretrained(config.teacher, bundle, "teacher") if config.teacher else None
