@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # e.g. `make demo TORCH="torch torchvision"` to take what your platform's index serves.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test bench install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,17 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -n 2
+
+$(VENV)/.installed-bench: $(VENV)/.torch pyproject.toml
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $@
+
+# Regenerates docs/BENCHMARKS.md (takes several minutes on 2 CPU cores).
+bench: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/explainers.py
+	$(BIN)/python benchmarks/metrics.py
+	$(BIN)/python benchmarks/collect.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,0 +1,35 @@
+"""Assemble docs/BENCHMARKS.md from the parts the benchmark scripts wrote to docs/benchmarks/."""
+
+from __future__ import annotations
+
+import platform
+from datetime import date
+from pathlib import Path
+
+import torch
+
+PARTS = ["training.md", "explainers.md", "metrics.md"]
+
+
+def main() -> None:
+    parts_dir = Path("docs/benchmarks")
+    sections = [(parts_dir / name).read_text().strip() for name in PARTS if (parts_dir / name).exists()]
+    missing = [name for name in PARTS if not (parts_dir / name).exists()]
+    header = [
+        "# Benchmarks",
+        "",
+        "Speed of kdlens against the reference implementations, measured in the same run on the same",
+        "inputs, as ratios (the absolute numbers depend on the machine). Regenerate with `make bench`.",
+        "",
+        f"Assembled {date.today()} on {platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, Python {platform.python_version()}. Each part states its own machine, "
+        "settings and how long it took.",
+    ]
+    if missing:
+        header.append(f"\nNot measured yet: {', '.join(missing)}.")
+    Path("docs/BENCHMARKS.md").write_text("\n".join(header) + "\n\n" + "\n\n".join(sections) + "\n")
+    print("wrote docs/BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
