@@ -5,7 +5,7 @@ from lightning.pytorch.callbacks import Callback
 from kdlens.config import validate_config
 from kdlens.data import build_data
 from kdlens.data.shapes import ShapesConfig
-from kdlens.distill.frozen import FrozenTeacherSpec, cache_dir, cache_key
+from kdlens.explain.cache import default_cache_dir
 from kdlens.training.run import run_experiment
 
 
@@ -52,16 +52,13 @@ def test_frozen_teacher_runs_without_teacher_passes_and_reuses_its_cache(tmp_pat
     counter = CountTeacherCallsInTrainingSteps()
     run_experiment(validate_config(tiny_experiment(tmp_path / "first", **sections)), callbacks=[counter])
     assert counter.calls == 0
-    (cached,) = cache_dir().glob("*.pt")
-    written = cached.stat().st_mtime_ns
+    cached = {path: path.stat().st_mtime_ns for path in default_cache_dir().glob("*.pt")}
+    assert len(cached) == 2  # the maps and the logits
 
     run_experiment(validate_config(tiny_experiment(tmp_path / "second", **sections)))
-    assert list(cache_dir().glob("*.pt")) == [cached] and cached.stat().st_mtime_ns == written
+    assert {path: path.stat().st_mtime_ns for path in default_cache_dir().glob("*.pt")} == cached
 
-
-def test_cache_key_follows_teacher_data_and_explanation(teacher_checkpoint):
-    spec = FrozenTeacherSpec("gradcam", "layer3")
-    key = cache_key(teacher_checkpoint, {"name": "shapes", "seed": 0}, spec)
-    assert key == cache_key(teacher_checkpoint, {"name": "shapes", "seed": 0}, spec)
-    assert key != cache_key(teacher_checkpoint, {"name": "shapes", "seed": 1}, spec)
-    assert key != cache_key(teacher_checkpoint, {"name": "shapes", "seed": 0}, FrozenTeacherSpec("gradcam", "layer2"))
+    other_data = tiny_experiment(tmp_path / "third", **sections)
+    other_data["data"] = {**other_data["data"], "seed": 1}
+    run_experiment(validate_config(other_data))
+    assert len(list(default_cache_dir().glob("*.pt"))) == 4  # another dataset: new entries

@@ -10,6 +10,7 @@ import typer
 
 from kdlens.config import ConfigError, ExperimentConfig, apply_override, load_config
 from kdlens.data import DataError, DatasetNotFoundError
+from kdlens.explain import ExplainError
 from kdlens.training.checkpoints import CheckpointError
 from kdlens.training.module import TrainingDiverged
 
@@ -32,11 +33,37 @@ def _user_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ConfigError, CheckpointError, DataError, DatasetNotFoundError, TrainingDiverged) as err:
+        except (ConfigError, CheckpointError, DataError, DatasetNotFoundError, ExplainError, TrainingDiverged) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _checkpoints_and_data(checkpoints: list[Path], data: str | None, options: list[str] | None, augment: bool | None = None):
+    """The models of ``checkpoints`` with their facts, and the dataset to use them on: the one the
+    first checkpoint was trained on unless ``data`` names another, with ``--set`` options applied;
+    every model must fit its classes and channels."""
+    from kdlens.config import validate_data_config
+    from kdlens.data import build_data
+    from kdlens.training.checkpoints import load_model
+
+    loaded = [load_model(path) for path in checkpoints]
+    trained_on = loaded[0][1]["config"]["data"]
+    data_raw = {"name": data} if data and data != trained_on["name"] else dict(trained_on)
+    for option in options or []:
+        apply_override(data_raw, option)
+    if augment is not None:
+        data_raw["augment"] = augment
+    data_config = validate_data_config(data_raw)
+    bundle = build_data(data_config)
+    for path, (_, info) in zip(checkpoints, loaded):
+        if (info["num_classes"], info["in_channels"]) != (bundle.num_classes, bundle.in_channels):
+            raise ConfigError(
+                f"'{path}' predicts {info['num_classes']} classes from {info['in_channels']} channels but "
+                f"'{data_config.name}' has {bundle.num_classes} classes and {bundle.in_channels} channels"
+            )
+    return loaded, bundle, data_config
 
 
 def _run(config: ExperimentConfig, resume: bool) -> None:
@@ -113,28 +140,14 @@ def evaluate(
 ) -> None:
     """Accuracy (top-1/top-5), group accuracies, and agreement and KL with a teacher, on the test
     split and any extra evaluation splits of the dataset."""
-    from kdlens.config import validate_data_config
-    from kdlens.data import build_data
     from kdlens.io import atomic_write_text, write_json
     from kdlens.metrics.evaluate import evaluate_models
     from kdlens.report.tables import flatten_report, format_table, rows_to_csv
     from kdlens.training.checkpoints import load_model
 
-    loaded = {str(path): load_model(path) for path in checkpoints}
-    trained_on = next(iter(loaded.values()))[1]["config"]["data"]
-    data_raw = {"name": data} if data and data != trained_on["name"] else dict(trained_on)
-    for option in set_ or []:
-        apply_override(data_raw, option)
-    data_config = validate_data_config(data_raw)
-    bundle = build_data(data_config)
-    for path, (_, info) in loaded.items():
-        if (info["num_classes"], info["in_channels"]) != (bundle.num_classes, bundle.in_channels):
-            raise ConfigError(
-                f"'{path}' predicts {info['num_classes']} classes from {info['in_channels']} channels but "
-                f"'{data_config.name}' has {bundle.num_classes} classes and {bundle.in_channels} channels"
-            )
+    loaded, bundle, data_config = _checkpoints_and_data(checkpoints, data, set_)
     teacher_model = load_model(teacher)[0] if teacher else None
-    reports = evaluate_models({path: model for path, (model, _) in loaded.items()}, bundle, data_config, teacher_model)
+    reports = evaluate_models({str(path): model for path, (model, _) in zip(checkpoints, loaded)}, bundle, data_config, teacher_model)
     rows = [{"model": path, **flatten_report(report)} for path, report in reports.items()]
     typer.echo(format_table(rows))
     if out:
@@ -190,47 +203,49 @@ def explain(
     scale per method) and the raw maps, images, labels and predictions as .npz."""
     import torch
 
-    from kdlens.config import validate_data_config
-    from kdlens.data import build_data
-    from kdlens.explain import EXPLAINERS, ExplainError
+    from kdlens.explain import EXPLAINERS
     from kdlens.explain.figure import write_explanations
     from kdlens.registry import unknown_name_message
-    from kdlens.training.checkpoints import load_model
 
     for name in method:
         if name not in EXPLAINERS:
             raise ConfigError(unknown_name_message("explanation method", name, EXPLAINERS.names()))
     if target not in ("label", "pred", "teacher"):
         raise ConfigError(f"--target must be label, pred or teacher, got '{target}'")
-    loaded = [load_model(path) for path in checkpoints]
+    # Explain the images themselves, also on the train split: no augmentation.
+    loaded, bundle, data_config = _checkpoints_and_data(checkpoints, data, set_, augment=False)
     teacher_info = loaded[0][1]
-    trained_on = teacher_info["config"]["data"]
-    data_raw = {"name": data} if data and data != trained_on["name"] else dict(trained_on)
-    for option in set_ or []:
-        apply_override(data_raw, option)
-    data_raw["augment"] = False  # explain the images themselves, also on the train split
-    bundle = build_data(validate_data_config(data_raw))
-    for path, (_, info) in zip(checkpoints, loaded):
-        if (info["num_classes"], info["in_channels"]) != (bundle.num_classes, bundle.in_channels):
-            raise ConfigError(
-                f"'{path}' predicts {info['num_classes']} classes from {info['in_channels']} channels but "
-                f"'{data_raw['name']}' has {bundle.num_classes} classes and {bundle.in_channels} channels"
-            )
     splits = {"train": bundle.train, "val": bundle.val, "test": bundle.test, **bundle.extra_splits}
     if split not in splits:
-        raise ConfigError(f"--split '{split}' is not a split of '{data_raw['name']}'; its splits: {', '.join(splits)}")
+        raise ConfigError(f"--split '{split}' is not a split of '{data_config.name}'; its splits: {', '.join(splits)}")
     samples = [splits[split][i] for i in range(min(n, len(splits[split])))]
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model_names = ["teacher"] + [f"student {i}" for i in range(1, len(loaded))]
-    try:
-        png, npz = write_explanations(
-            out, [model.to(device) for model, _ in loaded], model_names, [str(p) for p in checkpoints],
-            torch.stack([s["image"] for s in samples]).to(device), torch.stack([s["label"] for s in samples]).to(device),
-            method, target, mean=teacher_info["mean"], std=teacher_info["std"],
-            class_names=teacher_info.get("class_names") or [str(c) for c in range(bundle.num_classes)],
-        )
-    except ExplainError as err:
-        raise ConfigError(str(err)) from None
+    png, npz = write_explanations(
+        out, [model.to(device) for model, _ in loaded], model_names, [str(p) for p in checkpoints],
+        torch.stack([s["image"] for s in samples]).to(device), torch.stack([s["label"] for s in samples]).to(device),
+        method, target, mean=teacher_info["mean"], std=teacher_info["std"],
+        class_names=teacher_info.get("class_names") or [str(c) for c in range(bundle.num_classes)],
+    )
     typer.echo(f"wrote {png} and {npz} ({len(samples)} {split} images, target: {target}; "
                f"columns: {', '.join(model_names)} for {', '.join(method)})")
+
+
+@app.command()
+@_user_errors
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run folders and/or sweep folders (their runs are found below them)")],
+    out: Annotated[Path, typer.Option(help="HTML file to write")] = Path("report.html"),
+    data_limit: Annotated[int, typer.Option("--data-limit", min=1, help="test images per model for calibration, t-SNE and correlations")] = 512,
+    explain_n: Annotated[int, typer.Option("--explain-n", min=1, help="test images explained with Grad-CAM for the explanation metrics")] = 32,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads (default: torch's); 1 is fastest for small models on busy cores")] = None,
+) -> None:
+    """One self-contained HTML report (embedded images, no external files) of runs and sweeps:
+    summary, accuracy, agreement and KL, calibration, explanation metrics and heatmaps, training
+    curves, t-SNE of penultimate features and class-correlation matrices. Runs differing only by
+    seed are grouped as mean ± std."""
+    from kdlens.report.build import write_report
+
+    path = write_report(run_dirs, out, data_limit=data_limit, explain_n=explain_n, threads=threads)
+    typer.echo(f"wrote {path}")

@@ -96,7 +96,7 @@ def explain_dataset(
     with eval_mode(model):
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
             x = batch["image"].to(device)
-            batch_target = batch["label"].to(device) if isinstance(target, str) and target == "label" else target
+            batch_target = batch["label"].to(device) if target == "label" else target
             batch_maps = attribute_with_tta(explainer, x, batch_target, tta, **options).detach().float().cpu()
             if maps is None:
                 maps = torch.empty(len(dataset), *batch_maps.shape[1:])

@@ -54,7 +54,11 @@ class Explainer(ABC):
         chunk_size: int | None = None,
         **options: Any,
     ) -> Tensor:
-        """Maps of shape (B, 1, H, W) (or (B, C, H, W) with ``reduce="none"``) on ``x``'s device."""
+        """Maps of shape (B, 1, H, W) (or (B, C, H, W) with ``reduce="none"``) on ``x``'s device.
+
+        ``create_graph``: keep the maps in the autograd graph (differentiable methods only).
+        ``chunk_size``: most expanded inputs per forward pass (default :data:`DEFAULT_CHUNK_SIZE`);
+        methods that run one pass per batch do not need it and ignore it."""
         if x.ndim != 4:
             raise ExplainError(f"expected a batch of images (B, C, H, W), got shape {tuple(x.shape)}")
         self._check_options(options)

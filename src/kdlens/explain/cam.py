@@ -25,6 +25,7 @@ from kdlens.explain.base import (
     LayerExplainer,
     grid_chunks,
     register_explainer,
+    require_autograd,
 )
 from kdlens.explain.layers import ModelSplit, layer_activations, layer_gradients
 from kdlens.models import resolve_module
@@ -79,6 +80,8 @@ class CAM(LayerExplainer):
         normalize: bool = False,
     ) -> Tensor:
         linear = self._classifier(classifier)
+        if create_graph:
+            require_autograd()
         with torch.set_grad_enabled(create_graph):
             _, activations = layer_activations(self.model, self.layer_path(x), x)
             if activations.shape[1] != linear.in_features:

@@ -16,7 +16,9 @@ _POOLS = (nn.AvgPool2d, nn.MaxPool2d)
 
 
 def default_layer(model: nn.Module, x: Tensor) -> str:
-    """The path of the last module whose output is a 4-D feature map, global pooling excluded.
+    """The path of the last module whose output is a 4-D feature map before the classification
+    head: global pooling modules and per-position class-evidence maps (a fully convolutional head,
+    e.g. B-cos' 1×1 conv whose spatial mean is the logits) are skipped.
 
     Found by one probe forward of ``x[:1]`` (in eval mode, without gradients) with a hook on every
     module, so no model has to declare it. A container finishes after its last child, so the
@@ -36,18 +38,23 @@ def default_layer(model: nn.Module, x: Tensor) -> str:
     handles = [m.register_forward_hook(record(path)) for path, m in model.named_modules() if path]
     try:
         with eval_mode(model), torch.no_grad():
-            model(x[:1])
+            logits = model(x[:1])
     finally:
         for handle in handles:
             handle.remove()
     for path, module, output in reversed(finished):
-        if output.ndim == 4 and not _is_global_pool(module, output):
+        if output.ndim == 4 and not _is_global_pool(module, output) and not _is_class_evidence(output, logits):
             return path
     raise ExplainError(f"{type(model).__name__} has no module returning a 4-D feature map; pass layer= explicitly")
 
 
 def _is_global_pool(module: nn.Module, output: Tensor) -> bool:
     return isinstance(module, _GLOBAL_POOLS) or (isinstance(module, _POOLS) and output.shape[-2:] == (1, 1))
+
+
+def _is_class_evidence(output: Tensor, logits: Tensor) -> bool:
+    pooled = output.mean((2, 3))
+    return pooled.shape == logits.shape and torch.allclose(pooled, logits, rtol=1e-4, atol=1e-6)
 
 
 def layer_activations(model: nn.Module, layer: str, x: Tensor) -> tuple[Tensor, Tensor]:

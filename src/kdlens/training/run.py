@@ -106,8 +106,7 @@ def run_experiment(
     losses = DistillLoss(config.losses, context)
     frozen_spec = losses.frozen_teacher_spec()
     if frozen_spec is not None:
-        data_identity = config.data.model_dump(exclude={"batch_size", "eval_batch_size", "num_workers"})
-        outputs = frozen_teacher_outputs(teacher, bundle.train, config.teacher.checkpoint, data_identity, frozen_spec)
+        outputs = frozen_teacher_outputs(teacher, bundle.train, config.teacher.checkpoint, config.data, frozen_spec)
         bundle = dataclasses.replace(bundle, train=attach_frozen_teacher(bundle.train, outputs))
     probe = default_collate([bundle.train[i] for i in range(2)])
     module = DistillationModule(model, losses, config.recipe, bundle.num_classes, checkpoint_info, probe, teacher)
