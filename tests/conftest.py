@@ -13,6 +13,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """Caches (frozen teacher outputs, explanations) go to a temporary folder, not ~/.cache."""
+    previous = os.environ.get("KDLENS_CACHE")
+    os.environ["KDLENS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        del os.environ["KDLENS_CACHE"]
+    else:
+        os.environ["KDLENS_CACHE"] = previous
+
+
 def tiny_experiment(output_dir: Path, **sections) -> dict:
     """A run that trains in seconds: small shapes, resnet8, two epochs, no progress bar."""
     raw = {

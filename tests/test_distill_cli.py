@@ -36,6 +36,9 @@ def wrn_teacher_checkpoint(tmp_path_factory) -> Path:
 CASES = [
     ({"name": "dkd", "warmup_epochs": 5}, "resnet8", "resnet8"),
     ({"name": "oracle_kd", "gamma": 0.5}, "resnet8", "resnet8"),
+    ({"name": "oracle_kd", "gamma": 0.5, "relevance": "lrp"}, "resnet8", "resnet8"),
+    ({"name": "e2kd", "weight": 1.0}, "resnet8", "wrn_16_2"),
+    ({"name": "e2kd", "weight": 1.0, "frozen_teacher": True, "every_k_steps": 2}, "resnet8", "wrn_16_2"),
     ({"name": "fitnet"}, "resnet8", "wrn_16_2"),
     ({"name": "sp"}, "resnet8", "wrn_16_2"),
     ({"name": "at"}, "shufflenetv1", "wrn_16_2"),

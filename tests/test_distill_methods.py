@@ -449,3 +449,16 @@ def test_gradients_reach_student_and_connectors_but_never_the_teacher(method):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0
     assert (len(list(loss.parameters())) > 0) is (method in ("fitnet", "feature_matching"))
     assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+
+
+def test_oracle_kd_lrp_variant_moves_the_input_along_the_teachers_relevance():
+    from kdlens.distill import reinforced_inputs
+    from kdlens.explain import explain
+
+    torch.manual_seed(0)
+    teacher = create_model("resnet8", 4, 3).eval().requires_grad_(False)
+    images, labels = torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 2])
+    relevance = explain(teacher, images, labels, "lrp", reduce="none")
+    reinforced = reinforced_inputs(teacher, images, labels, gamma=0.5, iterations=1, relevance="lrp")
+    assert torch.allclose(reinforced, images + 0.5 * relevance, atol=1e-6)
+    assert all(p.grad is None for p in teacher.parameters())

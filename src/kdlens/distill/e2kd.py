@@ -26,8 +26,9 @@ class E2KDConfig(LossConfigBase):
     name: Literal["e2kd"] = "e2kd"
     weight: float = 1.0
     """λ; the published sweeps use {0, 0.2, 1, 5, 10}."""
-    explainer: Literal["gradcam", "bcos", "lrp"] = "gradcam"
-    """``bcos`` needs B-cos teacher and student (explanation = contributions W(x)·x)."""
+    explainer: Literal["gradcam", "bcos"] = "gradcam"
+    """``bcos`` needs B-cos teacher and student (explanation = contributions W(x)·x). The student's
+    explanation must be differentiable (create_graph), which zennit's LRP is not."""
     student_layer: str | None = None
     """Grad-CAM layer of the student (module path); default its last stage."""
     teacher_layer: str | None = None

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from kdlens.distill.base import DistillBatch, LossConfigBase, LossTerm, TermContext, register_loss
 from kdlens.distill.kd import kd_divergence
+from kdlens.explain import explain
 
 
 class OracleKDConfig(LossConfigBase):
@@ -23,9 +24,15 @@ class OracleKDConfig(LossConfigBase):
     """Step size γ of x* = x − γ·g ⊙ |x|."""
     iterations: int = Field(1, ge=1)
     """Reinforcement steps, each from the previous x* (the published ``rec_num``)."""
+    relevance: Literal["gradient", "lrp"] = "gradient"
+    """``gradient``: x* = x − γ·g ⊙ |x|. ``lrp``: x* = x + γ·R with R the teacher's LRP relevance
+    (zennit, EpsilonPlusFlat) of the true class's logit, per input channel; R takes the place of
+    −g ⊙ |x| because the CE falls as the true logit rises."""
 
 
-def reinforced_inputs(teacher: nn.Module, images: Tensor, labels: Tensor, gamma: float, iterations: int) -> Tensor:
+def reinforced_inputs(
+    teacher: nn.Module, images: Tensor, labels: Tensor, gamma: float, iterations: int, relevance: str = "gradient"
+) -> Tensor:
     """x* = x − γ·g ⊙ |x| with g = ∂CE(T(x), y)/∂x of each sample's own CE, repeated
     ``iterations`` times on the detached result.
 
@@ -34,6 +41,9 @@ def reinforced_inputs(teacher: nn.Module, images: Tensor, labels: Tensor, gamma:
     shrinks γ by 1/B). Only the input gets a gradient, never the teacher's parameters."""
     reinforced = images.detach()
     for _ in range(iterations):
+        if relevance == "lrp":
+            reinforced = (reinforced + gamma * explain(teacher, reinforced, labels, "lrp", reduce="none")).detach()
+            continue
         reinforced = reinforced.requires_grad_(True)
         with torch.enable_grad():
             loss = F.cross_entropy(teacher(reinforced), labels, reduction="sum")
@@ -56,7 +66,7 @@ class OracleKDLoss(LossTerm):
 
     def forward(self, batch: DistillBatch) -> Tensor:
         config, teacher = self.config, self.context.teacher
-        reinforced = reinforced_inputs(teacher, batch.images, batch.labels, config.gamma, config.iterations)
+        reinforced = reinforced_inputs(teacher, batch.images, batch.labels, config.gamma, config.iterations, config.relevance)
         with torch.no_grad():
             teacher_logits = teacher(reinforced)
         return kd_divergence(batch.student_logits, teacher_logits, config.temperature)
