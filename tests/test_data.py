@@ -42,7 +42,7 @@ def shapes_arrays(cfg: ShapesConfig, split: str, n: int):
 
 
 def test_registry_lists_every_dataset():
-    assert DATASETS.names() == ["cifar10", "cifar100", "fashion_mnist", "imagefolder", "imagenet_s", "shapes"]
+    assert DATASETS.names() == ["cifar10", "cifar100", "fashion_mnist", "imagefolder", "imagenet_s", "imagenet_segmentation", "shapes"]
     assert {c.model_fields["name"].default for c in dataset_config_types()} == set(DATASETS.names())
 
 

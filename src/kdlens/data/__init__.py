@@ -1,6 +1,6 @@
 """Datasets: a registry of configs and builders; importing this package registers all of them."""
 
-from kdlens.data import cifar, fashion_mnist, imagefolder, imagenet_s, shapes  # noqa: F401  (registration)
+from kdlens.data import cifar, fashion_mnist, imagefolder, imagenet_s, imagenet_segmentation, shapes  # noqa: F401  (registration)
 from kdlens.data.base import DATASETS, DataBundle, DataConfigBase, register_dataset
 from kdlens.data.common import DataError, DatasetNotFoundError, split_train_val
 

@@ -72,9 +72,11 @@ def classification_report(
     """Top-1 (and top-5 when there are more than 5 classes), agreement and KL with the teacher,
     group accuracies where the split has groups."""
     num_classes = student.logits.shape[1]
-    report = {"n": len(student.labels), "top1": topk_accuracy(student.logits, student.labels, 1)}
-    if num_classes > 5:
-        report["top5"] = topk_accuracy(student.logits, student.labels, 5)
+    labelled = student.labels >= 0  # datasets without class labels (ImageNet-Segmentation) use -1
+    logits, labels = student.logits[labelled], student.labels[labelled]
+    report = {"n": len(student.labels), "top1": topk_accuracy(logits, labels, 1) if len(labels) else None}
+    if num_classes > 5 and len(labels):
+        report["top5"] = topk_accuracy(logits, labels, 5)
     if teacher is not None:
         report["agreement"] = agreement(student.logits, teacher.logits)
         report["kl_teacher_student"] = teacher_student_kl(student.logits, teacher.logits)
