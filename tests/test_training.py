@@ -118,3 +118,17 @@ def test_truncated_and_missing_checkpoints_have_clear_errors(tmp_path, teacher_c
     torch.save({"state_dict": {}}, not_kdlens)
     with pytest.raises(CheckpointError, match="not a kdlens checkpoint"):
         load_model(not_kdlens)
+
+
+def test_atomic_writes_respect_the_umask(tmp_path):
+    import os
+    import stat
+
+    from kdlens.io import atomic_write_text
+
+    previous = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "results.json", "{}")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -17,6 +17,7 @@ from kdlens.config import validate_config
 from kdlens.data import build_data
 from kdlens.io import atomic_write_text, write_json
 from kdlens.metrics.evaluate import evaluate_models
+from kdlens.report.build import write_report
 from kdlens.report.tables import flatten_report, format_table, rows_to_csv
 from kdlens.training.checkpoints import load_model
 from kdlens.training.run import run_experiment
@@ -97,4 +98,8 @@ def run_demo(out: Path, epochs: int = 8, teacher_epochs: int = 10, log=print) ->
     atomic_write_text(out / "results.csv", rows_to_csv(rows))
     log(format_table(rows, COLUMNS))
     log(f"results: {out / 'results.json'}, {out / 'results.csv'} ({results['seconds']:.0f}s)")
+    # Small limits and one thread keep the report to a few seconds on a busy laptop CPU.
+    report = write_report([config.run_dir for config in configs.values()], out / "report.html", data_limit=128,
+                          explain_n=16, threads=1)
+    log(f"report: {report}")
     return results

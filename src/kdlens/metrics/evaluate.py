@@ -14,8 +14,12 @@ def evaluation_splits(bundle: DataBundle) -> dict:
     return {"test": bundle.test, **bundle.extra_splits}
 
 
-def predict_splits(model: nn.Module, bundle: DataBundle, config: DataConfigBase, device: str = "cpu") -> dict[str, Predictions]:
-    return {name: predict(model, eval_loader(split, config), device) for name, split in evaluation_splits(bundle).items()}
+def predict_splits(
+    model: nn.Module, bundle: DataBundle, config: DataConfigBase, device: str = "cpu"
+) -> dict[str, Predictions]:
+    return {
+        name: predict(model, eval_loader(split, config), device) for name, split in evaluation_splits(bundle).items()
+    }
 
 
 def evaluate_models(

@@ -1,0 +1,338 @@
+"""The explanation-metric interface, and the evaluation context the metrics of one call share.
+
+A metric is called as ``metric(model, x, y, a, s=None, explain_fn=None) -> Tensor`` of shape ``(B,)``
+(float64, NaN where the score is undefined for that sample). ``x`` is an image batch ``(B, C, H, W)``,
+``y`` the explained classes ``(B,)``, ``a`` attributions ``(B, 1, H, W)`` or ``(B, C, H, W)``, ``s``
+binary masks ``(B, 1, H, W)`` and ``explain_fn(model, x, y) -> a`` recomputes attributions (robustness
+and randomisation metrics). Which of them a metric reads is in its ``requires``.
+
+Metrics evaluated together through :func:`kdlens.metrics.evaluate_metrics` share one
+:class:`EvaluationContext`: the clean forward pass, the prepared attributions and every perturbed
+forward pass (keyed by :class:`Sweep` and step) are computed once for all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from kdlens.metrics.functional import prepare_attributions
+from kdlens.registry import Registry
+
+ExplainFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+"""``explain_fn(model, x, y) -> a``: attributions of ``model`` for the classes ``y`` on inputs ``x``."""
+
+Requirement = str
+"""One of ``"model"`` (with ``y``), ``"mask"`` or ``"explain_fn"``."""
+
+
+@dataclass(frozen=True)
+class Readout:
+    """What the metrics read from the model's outputs; every field has the same shape."""
+
+    logit: Tensor
+    """Logit of the explained class."""
+    prob: Tensor
+    """Softmax probability of the explained class."""
+    prob_predicted: Tensor
+    """Softmax probability of the class the model predicts on the clean input."""
+    correct: Tensor
+    """Whether the top-1 class is the explained class."""
+
+    def score(self, softmax: bool) -> Tensor:
+        return self.prob if softmax else self.logit
+
+    def values(self) -> tuple[Tensor, ...]:
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+    @staticmethod
+    def stack(readouts: Sequence[Readout], dim: int) -> Readout:
+        return Readout(*(torch.stack(values, dim) for values in zip(*(r.values() for r in readouts), strict=True)))
+
+    @staticmethod
+    def cat(readouts: Sequence[Readout]) -> Readout:
+        return Readout(*(torch.cat(values) for values in zip(*(r.values() for r in readouts), strict=True)))
+
+    def select(self, index: slice | Tensor) -> Readout:
+        return Readout(*(value[index] for value in self.values()))
+
+
+class Sweep(ABC):
+    """A family of perturbed copies of the batch, one per (step, sample).
+
+    Two sweeps with equal ``key`` on one context give equal images for equal steps, so the
+    context runs each (key, step) once, however many metrics ask for it.
+    """
+
+    key: Hashable
+    steps: tuple[Hashable, ...]
+
+    def is_identity(self, step: Hashable) -> bool:
+        """Whether the step leaves every input unchanged (its readout is the clean forward pass)."""
+        return False
+
+    @abstractmethod
+    def perturb(self, steps: Tensor, samples: Tensor) -> Tensor:
+        """The perturbed inputs ``(n, C, H, W)`` for positions in ``self.steps`` and in the batch."""
+
+
+@contextmanager
+def eval_mode(model: nn.Module | None) -> Iterator[None]:
+    """Evaluate in eval mode (batch norm must not depend on batch-mates) and restore the mode after."""
+    if model is None:
+        yield
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def generator(seed: int, device: torch.device, stream: int = 0) -> torch.Generator:
+    """A generator for one independent ``stream`` of ``seed`` (e.g. one perturbation draw), so draws
+    do not depend on how the work is chunked."""
+    return torch.Generator(device=device).manual_seed((seed << 32) + stream)
+
+
+class EvaluationContext:
+    """One model, batch, attribution and mask, and the work already done on them."""
+
+    def __init__(
+        self,
+        model: nn.Module | None,
+        x: Tensor,
+        y: Tensor | None,
+        a: Tensor | None,
+        s: Tensor | None = None,
+        explain_fn: ExplainFn | None = None,
+        *,
+        max_batch: int = 256,
+        memory_format: torch.memory_format | None = None,
+    ) -> None:
+        """``max_batch`` bounds the images per forward (and explain) call; ``memory_format`` (e.g.
+        ``torch.channels_last``) is applied to every batch given to the model."""
+        if x.ndim != 4:
+            raise ValueError(f"x must be an image batch (B, C, H, W), got shape {tuple(x.shape)}")
+        if a is not None and (
+            len(a) != len(x) or a.ndim != 4 or a.shape[1] not in (1, x.shape[1]) or a.shape[2:] != x.shape[2:]
+        ):
+            raise ValueError(f"a must have shape (B, 1 or C, H, W) matching x {tuple(x.shape)}, got {tuple(a.shape)}")
+        if s is not None and (s.shape != (len(x), 1, *x.shape[2:])):
+            raise ValueError(f"s must have shape (B, 1, H, W) matching x {tuple(x.shape)}, got {tuple(s.shape)}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.model = model
+        self.x = x
+        self.y = None if y is None else y.to(x.device).long()
+        self.a = a
+        self.s = None if s is None else s.to(x.device).bool()
+        self.explain_fn = explain_fn
+        self.max_batch = max_batch
+        self.memory_format = memory_format
+        self._attributions: dict[tuple[bool, bool, bool], Tensor] = {}
+        self._clean: Readout | None = None
+        self._predicted: Tensor | None = None
+        self._num_classes: int | None = None
+        self._readouts: dict[tuple[Hashable, Hashable], Readout] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def attributions(self, abs: bool, normalise: bool, batch_wide: bool = False) -> Tensor:
+        """The attributions as a metric reads them: divided by their max ``|a|`` per sample (or over
+        the whole batch with ``batch_wide``, as Quantus does), then made absolute; float32 or wider."""
+        key = (abs, normalise, batch_wide and normalise)
+        if key not in self._attributions:
+            if self.a is None:
+                raise ValueError("this metric needs attributions a")
+            group = len(self) if batch_wide else 1
+            self._attributions[key] = prepare_attributions(self.a.to(self.device), abs, normalise, group)
+        return self._attributions[key]
+
+    def clean(self) -> Readout:
+        """The model's readout on the unperturbed batch, shape ``(B,)``."""
+        if self._clean is None:
+            readouts, top1 = [], []
+            for start in range(0, len(self), self.max_batch):
+                samples = torch.arange(start, min(start + self.max_batch, len(self)), device=self.device)
+                readout, predicted = self._forward(self.x[samples], samples, predicted=None)
+                readouts.append(readout)
+                top1.append(predicted)
+            self._clean = Readout.cat(readouts)
+            self._predicted = torch.cat(top1)
+        return self._clean
+
+    @property
+    def predicted(self) -> Tensor:
+        """The class the model predicts on each clean input."""
+        self.clean()
+        assert self._predicted is not None
+        return self._predicted
+
+    @property
+    def num_classes(self) -> int:
+        self.clean()
+        assert self._num_classes is not None
+        return self._num_classes
+
+    def sweep(self, sweep: Sweep) -> Readout:
+        """The readout of every step of ``sweep``, shape ``(B, len(sweep.steps))``, running only
+        the (key, step) pairs no earlier sweep of this context has run."""
+        missing = [
+            i
+            for i, step in enumerate(sweep.steps)
+            if (sweep.key, step) not in self._readouts and not sweep.is_identity(step)
+        ]
+        if missing:
+            self._run(sweep, missing)
+        clean = self.clean()
+        per_step = [clean if sweep.is_identity(step) else self._readouts[(sweep.key, step)] for step in sweep.steps]
+        return Readout.stack(per_step, dim=1)
+
+    def explain(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """``explain_fn`` on ``x`` in chunks of ``max_batch``, detached."""
+        if self.explain_fn is None:
+            raise ValueError("this metric needs an explain_fn(model, x, y) -> a")
+        chunks = [
+            self.explain_fn(model, x[i : i + self.max_batch], y[i : i + self.max_batch]).detach()
+            for i in range(0, len(x), self.max_batch)
+        ]
+        return torch.cat(chunks)
+
+    def _run(self, sweep: Sweep, missing: list[int]) -> None:
+        # (step, sample) pairs in step-major order, so a chunk of B pairs is one step of the whole
+        # batch, as Quantus forwards it.
+        n_samples = len(self)
+        steps = torch.tensor(missing, device=self.device)
+        total = len(missing) * n_samples
+        chunks = []
+        for start in range(0, total, self.max_batch):
+            pairs = torch.arange(start, min(start + self.max_batch, total), device=self.device)
+            samples = pairs % n_samples
+            batch = sweep.perturb(steps[pairs // n_samples], samples)
+            chunks.append(self._forward(batch, samples, self.predicted[samples])[0])
+        per_pair = Readout.cat(chunks)
+        for row, index in enumerate(missing):
+            self._readouts[(sweep.key, sweep.steps[index])] = per_pair.select(
+                slice(row * n_samples, (row + 1) * n_samples)
+            )
+
+    @torch.inference_mode()
+    def _forward(self, batch: Tensor, samples: Tensor, predicted: Tensor | None) -> tuple[Readout, Tensor]:
+        """The readout of ``batch`` (images of ``samples``) and its top-1 classes; ``predicted`` are
+        the clean predictions of those samples, or None for the clean pass itself."""
+        if self.model is None or self.y is None:
+            raise ValueError("this metric needs a model and the explained classes y")
+        if self.memory_format is not None:
+            batch = batch.contiguous(memory_format=self.memory_format)
+        logits = self.model(batch).float()
+        self._num_classes = logits.shape[1]  # the same for every batch
+        probs = logits.softmax(1)
+        top1 = logits.argmax(1)
+        predicted = top1 if predicted is None else predicted
+        target = self.y[samples, None]
+        readout = Readout(
+            logit=logits.gather(1, target)[:, 0],
+            prob=probs.gather(1, target)[:, 0],
+            prob_predicted=probs.gather(1, predicted[:, None])[:, 0],
+            correct=top1 == target[:, 0],
+        )
+        return readout, top1
+
+
+class ExplanationMetric(ABC):
+    """One explanation-quality metric; see the module docstring for the call convention.
+
+    ``abs``/``normalise`` prepare the attributions as in Quantus (max-normalise, then absolute),
+    except that the normalisation is per sample; ``quantus_compat=True`` reproduces Quantus 0.6
+    where kdlens deliberately differs and that is meaningful (batch-wide normalisation, Quantus's
+    random draws from a NumPy ``RandomState(seed)``); each metric documents what it changes.
+    """
+
+    requires: ClassVar[frozenset[Requirement]] = frozenset({"model"})
+    higher_is_better: bool = True
+    """Whether larger scores mean better explanations (some metrics decide per instance)."""
+
+    def __init__(self, *, abs: bool = False, normalise: bool = False, quantus_compat: bool = False) -> None:
+        self.abs = abs
+        self.normalise = normalise
+        self.quantus_compat = quantus_compat
+
+    def __call__(
+        self,
+        model: nn.Module | None,
+        x: Tensor,
+        y: Tensor | None,
+        a: Tensor | None,
+        s: Tensor | None = None,
+        explain_fn: ExplainFn | None = None,
+        *,
+        max_batch: int = 256,
+        memory_format: torch.memory_format | None = None,
+    ) -> Tensor:
+        context = EvaluationContext(model, x, y, a, s, explain_fn, max_batch=max_batch, memory_format=memory_format)
+        with eval_mode(model):
+            return self.evaluate(context)
+
+    def evaluate(self, context: EvaluationContext) -> Tensor:
+        """Scores ``(B,)`` on a context that other metrics may share."""
+        given = {
+            "model": context.model is not None and context.y is not None,
+            "mask": context.s is not None,
+            "explain_fn": context.explain_fn is not None,
+        }
+        missing = sorted(r for r in self.requires if not given[r])
+        if missing:
+            raise ValueError(f"{type(self).__name__} needs {', '.join(missing)}")
+        return self.compute(context)
+
+    @abstractmethod
+    def compute(self, context: EvaluationContext) -> Tensor:
+        """Scores ``(B,)``, float64."""
+
+    def attributions(self, context: EvaluationContext) -> Tensor:
+        return context.attributions(self.abs, self.normalise, batch_wide=self.quantus_compat)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({params})"
+
+
+class CurveMetric(ExplanationMetric):
+    """A metric summarising a per-sample curve (one value per perturbation step)."""
+
+    def curve(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        a: Tensor,
+        *,
+        max_batch: int = 256,
+        memory_format: torch.memory_format | None = None,
+    ) -> Tensor:
+        """The curve ``(B, steps)`` the score summarises."""
+        context = EvaluationContext(model, x, y, a, max_batch=max_batch, memory_format=memory_format)
+        with eval_mode(model):
+            return self.compute_curve(context)
+
+    @abstractmethod
+    def compute_curve(self, context: EvaluationContext) -> Tensor:
+        """The curve ``(B, steps)``, float64."""
+
+
+EXPLANATION_METRICS: Registry[type[ExplanationMetric]] = Registry("explanation metric")
+"""Every explanation metric class by name; presets and suites live in :mod:`kdlens.metrics.suite`."""

@@ -1,0 +1,610 @@
+"""Faithfulness: does removing what the attribution calls important change the model's output?
+
+Every metric here is one or two perturbation sweeps (:mod:`kdlens.metrics.sweep`) plus a little
+arithmetic on the readouts. "Features" are the elements of x with the attribution broadcast to x's
+channels (Quantus's convention); "pixels" are spatial positions with all their channels. Parameters
+keep Quantus's names and defaults (``features_in_step``, ``perturb_baseline``, ``softmax``, ...);
+``softmax`` picks the class probability or the logit as the model's score.
+
+Random draws come from a ``torch.Generator`` seeded with ``seed``; with ``quantus_compat=True`` they
+come from ``numpy.random.RandomState(seed)`` in Quantus's order, so that seeding NumPy's global
+generator with the same seed before a Quantus call reproduces its values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kdlens.metrics.base import (
+    EXPLANATION_METRICS,
+    CurveMetric,
+    EvaluationContext,
+    ExplanationMetric,
+    generator,
+)
+from kdlens.metrics.functional import flatten, pearson, spearman
+from kdlens.metrics.sweep import (
+    Baseline,
+    Fill,
+    RankedSweep,
+    SubsetSweep,
+    attribution_order,
+    count_units,
+    cumulative_steps,
+    group_steps,
+    group_sums,
+    unit_order,
+    unit_scores,
+)
+
+TENTHS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def normalised_auc(curve: Tensor) -> Tensor:
+    """RISE's area under a curve of evenly spaced points, with the x-axis scaled to [0, 1]."""
+    return torch.trapezoid(curve.double(), dim=1) / (curve.shape[1] - 1)
+
+
+def n_features(context: EvaluationContext) -> int:
+    return context.x[0].numel()
+
+
+@EXPLANATION_METRICS.register("pixel_flipping")
+class PixelFlipping(CurveMetric):
+    """Bach et al. 2015: remove features in order of decreasing attribution, ``features_in_step`` more
+    at each step (cumulative), and follow the score of the explained class. The curve has
+    ``ceil(N / features_in_step)`` points; the score is its area (trapezoid, unit spacing, Quantus's
+    ``return_auc_per_sample``). Lower is better."""
+
+    higher_is_better = False
+
+    def __init__(
+        self,
+        *,
+        features_in_step: int = 1,
+        perturb_baseline: Baseline = "black",
+        softmax: bool = True,
+        abs: bool = False,
+        normalise: bool = True,
+        quantus_compat: bool = False,
+    ) -> None:
+        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
+        self.features_in_step = features_in_step
+        self.perturb_baseline = perturb_baseline
+        self.softmax = softmax
+
+    def compute_curve(self, context: EvaluationContext) -> Tensor:
+        order, order_key = attribution_order(context, self, "feature", "descending")
+        sweep = RankedSweep(
+            context.x,
+            unit="feature",
+            order=order,
+            order_key=order_key,
+            steps=cumulative_steps(n_features(context), self.features_in_step),
+            fill=Fill.baseline(context.x, self.perturb_baseline),
+        )
+        return context.sweep(sweep).score(self.softmax).double()
+
+    def compute(self, context: EvaluationContext) -> Tensor:
+        return torch.trapezoid(self.compute_curve(context), dim=1)
+
+
+class PatchMetric(CurveMetric):
+    """Shared by RegionPerturbation and Selectivity: remove ``patch_size``² patches (all channels,
+    the image padded as Quantus pads it when the size is not a multiple), cumulatively, in ``order``
+    of their attribution sum."""
+
+    higher_is_better = False
+
+    def __init__(
+        self,
+        *,
+        patch_size: int,
+        order: Literal["morf", "lerf", "random"],
+        perturb_baseline: Baseline,
+        softmax: bool,
+        abs: bool,
+        normalise: bool,
+        seed: int,
+        quantus_compat: bool,
+    ) -> None:
+        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
+        if order not in ("morf", "lerf", "random"):
+            raise ValueError(f"order must be morf, lerf or random, got {order!r}")
+        self.patch_size = patch_size
+        self.order = order
+        self.perturb_baseline = perturb_baseline
+        self.softmax = softmax
+        self.seed = seed
+
+    def patch_scores(self, context: EvaluationContext, n_steps: int | None) -> Tensor:
+        """``(B, steps)`` scores after removing the first 1, 2, ... patches (all, or ``n_steps``)."""
+        if self.order == "random":
+            n_patches = count_units(self.patch_size, context.x.shape[1:])
+            order = self.random_order(len(context), n_patches, context.device)
+            order_key: Hashable = ("random", self.seed, self.quantus_compat)
+        else:
+            order, order_key = attribution_order(
+                context, self, self.patch_size, "descending" if self.order == "morf" else "ascending"
+            )
+            n_patches = order.shape[1]
+        sweep = RankedSweep(
+            context.x,
+            unit=self.patch_size,
+            order=order,
+            order_key=order_key,
+            steps=cumulative_steps(min(n_patches, n_steps or n_patches), 1),
+            fill=Fill.baseline(context.x, self.perturb_baseline),
+        )
+        return context.sweep(sweep).score(self.softmax).double()
+
+    def random_order(self, n_samples: int, n_patches: int, device: torch.device) -> Tensor:
+        if self.quantus_compat:
+            state = np.random.RandomState(self.seed)
+            return torch.from_numpy(np.stack([state.permutation(n_patches) for _ in range(n_samples)])).to(device)
+        return torch.rand(n_samples, n_patches, generator=generator(self.seed, device), device=device).argsort(1)
+
+
+@EXPLANATION_METRICS.register("region_perturbation")
+class RegionPerturbation(PatchMetric):
+    """Samek et al. 2015: curve = score on x minus score after removing the first 1..``regions_evaluation``
+    patches (``order`` morf: most relevant first; lerf; random). The score is the AOPC, the mean of
+    that curve: higher is better for morf, lower for lerf."""
+
+    def __init__(
+        self,
+        *,
+        patch_size: int = 8,
+        order: Literal["morf", "lerf", "random"] = "morf",
+        regions_evaluation: int = 100,
+        perturb_baseline: Baseline = "black",
+        softmax: bool = True,
+        abs: bool = False,
+        normalise: bool = True,
+        seed: int = 0,
+        quantus_compat: bool = False,
+    ) -> None:
+        super().__init__(
+            patch_size=patch_size,
+            order=order,
+            perturb_baseline=perturb_baseline,
+            softmax=softmax,
+            abs=abs,
+            normalise=normalise,
+            seed=seed,
+            quantus_compat=quantus_compat,
+        )
+        self.regions_evaluation = regions_evaluation
+        self.higher_is_better = order != "lerf"
+
+    def compute_curve(self, context: EvaluationContext) -> Tensor:
+        clean = context.clean().score(self.softmax).double()
+        return clean[:, None] - self.patch_scores(context, self.regions_evaluation)
+
+    def compute(self, context: EvaluationContext) -> Tensor:
+        return self.compute_curve(context).mean(1)
+
+
+@EXPLANATION_METRICS.register("selectivity")
+class Selectivity(PatchMetric):
+    """Montavon et al. 2018: curve = score after removing the first 1, 2, ... patches, most relevant
+    first, until all are gone; the score is its area (trapezoid, unit spacing). Lower is better."""
+
+    def __init__(
+        self,
+        *,
+        patch_size: int = 8,
+        perturb_baseline: Baseline = "black",
+        softmax: bool = True,
+        abs: bool = False,
+        normalise: bool = True,
+        quantus_compat: bool = False,
+    ) -> None:
+        super().__init__(
+            patch_size=patch_size,
+            order="morf",
+            perturb_baseline=perturb_baseline,
+            softmax=softmax,
+            abs=abs,
+            normalise=normalise,
+            seed=0,
+            quantus_compat=quantus_compat,
+        )
+
+    def compute_curve(self, context: EvaluationContext) -> Tensor:
+        return self.patch_scores(context, None)
+
+    def compute(self, context: EvaluationContext) -> Tensor:
+        return torch.trapezoid(self.compute_curve(context), dim=1)
+
+
+class PixelCurve(CurveMetric):
+    """Shared by the pixel-ranked curves (deletion, insertion, positive/negative perturbation, decile
+    drop): pixels ranked by the attribution summed over channels."""
+
+    def __init__(self) -> None:
+        super().__init__(abs=False, normalise=False)
+
+    def pixel_sweep(
+        self,
+        context: EvaluationContext,
+        order: Literal["descending", "ascending"],
+        steps: Sequence[tuple[int, int, int]],
+        baseline: Baseline,
+        insert: bool = False,
+    ) -> RankedSweep:
+        order_tensor, order_key = attribution_order(context, self, "pixel", order)
+        return RankedSweep(
+            context.x,
+            unit="pixel",
+            order=order_tensor,
+            order_key=order_key,
+            steps=steps,
+            insert=insert,
+            fill=Fill.baseline(context.x, baseline),
+        )
+
+
+def n_pixels(context: EvaluationContext) -> int:
+    return context.x.shape[2] * context.x.shape[3]
+
+
+class RiseCurve(PixelCurve):
+    """RISE (Petsiuk et al. 2018) causal metrics: ``pixels_per_step`` pixels (default: the image width,
+    RISE's 224 at 224 px) change per step, most salient first, and the curve follows the softmax
+    probability of the class the model predicts on x, from step 0 (nothing changed) to the end. The
+    score is the curve's area with both axes in [0, 1]."""
+
+    insert: bool
+
+    def __init__(self, *, pixels_per_step: int | None = None) -> None:
+        super().__init__()
+        self.pixels_per_step = pixels_per_step
+
+    def steps(self, context: EvaluationContext) -> list[tuple[int, int, int]]:
+        return cumulative_steps(n_pixels(context), self.pixels_per_step or context.x.shape[3], first=0)
+
+    def compute(self, context: EvaluationContext) -> Tensor:
+        return normalised_auc(self.compute_curve(context))
+
+
+@EXPLANATION_METRICS.register("deletion")
+class Deletion(RiseCurve):
+    """RISE deletion: pixels are set to 0. Lower is better."""
+
+    higher_is_better = False
+
+    def compute_curve(self, context: EvaluationContext) -> Tensor:
+        sweep = self.pixel_sweep(context, "descending", self.steps(context), 0.0)
+        return context.sweep(sweep).prob_predicted.double()
+
+
+@EXPLANATION_METRICS.register("insertion")
+class Insertion(RiseCurve):
+    """RISE insertion: start from the blurred image (Gaussian kernel 11, σ 5) and put pixels back."""
+
+    def compute_curve(self, context: EvaluationContext) -> Tensor:
+        sweep = self.pixel_sweep(context, "descending", self.steps(context), "blur", insert=True)
+        return context.sweep(sweep).prob_predicted.double()
+
+
+class PerturbationAccuracy(PixelCurve):
+    """Chefer et al. 2021 positive/negative perturbation: set the ``fractions`` of pixels with the
+    highest (positive) or lowest (negative) attribution to ``baseline`` (0 by default) and record
+    whether the model still predicts the explained class. The score is the area under that accuracy
+    curve over the fractions, divided by their range (so in [0, 1]); averaged over samples it is the
+    paper's AUC up to its scale."""
+
+    order: Literal["descending", "ascending"]
+
+    def __init__(self, *, fractions: Sequence[float] = TENTHS, baseline: Baseline = 0.0) -> None:
+        super().__init__()
+        self.fractions = tuple(fractions)
+        self.baseline = baseline
+
+    def compute_curve(self, context: EvaluationContext) -> Tensor:
+        steps = [(0, int(n_pixels(context) * f), 0) for f in self.fractions]
+        return context.sweep(self.pixel_sweep(context, self.order, steps, self.baseline)).correct.double()
+
+    def compute(self, context: EvaluationContext) -> Tensor:
+        x = torch.tensor(self.fractions, dtype=torch.float64, device=context.device)
+        return torch.trapezoid(self.compute_curve(context), x, dim=1) / (x[-1] - x[0])
+
+
+@EXPLANATION_METRICS.register("positive_perturbation")
+class PositivePerturbation(PerturbationAccuracy):
+    """Most relevant pixels first. Lower is better."""
+
+    order = "descending"
+    higher_is_better = False
+
+
+@EXPLANATION_METRICS.register("negative_perturbation")
+class NegativePerturbation(PerturbationAccuracy):
+    """Least relevant pixels first. Higher is better."""
+
+    order = "ascending"
+
+
+@EXPLANATION_METRICS.register("decile_prediction_drop")
+class DecilePredictionDrop(PixelCurve):
+    """For each decile of pixels by ascending attribution, set only that decile to ``fill`` (the
+    dataset mean: 0 for mean/std-normalised inputs, or one value per channel) and record the
+    probability of the explained class: a 10-point curve, least salient decile first. The score is
+    the first point minus the last: how much better the prediction survives losing its least
+    salient tenth than its most salient one. Higher is better."""
+
+    def __init__(self, *, fill: float | tuple[float, ...] = 0.0) -> None:
+        super().__init__()
+        self.fill = fill
+
+    def compute_curve(self, context: EvaluationContext) -> Tensor:
+        n = n_pixels(context)
+        steps = [(d * n // 10, (d + 1) * n // 10, 0) for d in range(10)]
+        return context.sweep(self.pixel_sweep(context, "ascending", steps, self.fill)).prob.double()
+
+    def compute(self, context: EvaluationContext) -> Tensor:
+        curve = self.compute_curve(context)
+        return curve[:, 0] - curve[:, -1]
+
+
+@EXPLANATION_METRICS.register("faithfulness_estimate")
+class FaithfulnessEstimate(ExplanationMetric):
+    """Alvarez-Melis & Jaakkola 2018: Pearson correlation, over groups of ``features_in_step``
+    features in order of decreasing attribution, between the group's attribution sum and the drop
+    of the score when only that group is removed."""
+
+    def __init__(
+        self,
+        *,
+        features_in_step: int = 1,
+        perturb_baseline: Baseline = "black",
+        softmax: bool = False,
+        abs: bool = False,
+        normalise: bool = True,
+        quantus_compat: bool = False,
+    ) -> None:
+        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
+        self.features_in_step = features_in_step
+        self.perturb_baseline = perturb_baseline
+        self.softmax = softmax
+
+    def compute(self, context: EvaluationContext) -> Tensor:
+        order, order_key = attribution_order(context, self, "feature", "descending")
+        sweep = RankedSweep(
+            context.x,
+            unit="feature",
+            order=order,
+            order_key=order_key,
+            steps=group_steps(n_features(context), self.features_in_step),
+            fill=Fill.baseline(context.x, self.perturb_baseline),
+        )
+        drops = context.clean().score(self.softmax)[:, None] - context.sweep(sweep).score(self.softmax)
+        a = unit_scores(self.attributions(context), "feature", context.x.shape[1:])
+        return pearson(group_sums(a, order, self.features_in_step), drops)
+
+
+@EXPLANATION_METRICS.register("faithfulness_correlation")
+class FaithfulnessCorrelation(ExplanationMetric):
+    """Bhatt et al. 2020: over ``nr_runs`` random subsets of ``subset_size`` features, the Pearson
+    correlation between the subset's attribution sum and the drop of the score when it is removed."""
+
+    def __init__(
+        self,
+        *,
+        nr_runs: int = 100,
+        subset_size: int = 224,
+        perturb_baseline: Baseline = "black",
+        softmax: bool = False,
+        abs: bool = False,
+        normalise: bool = True,
+        seed: int = 0,
+        quantus_compat: bool = False,
+    ) -> None:
+        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
+        self.nr_runs = nr_runs
+        self.subset_size = subset_size
+        self.perturb_baseline = perturb_baseline
+        self.softmax = softmax
+        self.seed = seed
+
+    def subsets(self, n_samples: int, n: int, device: torch.device) -> Tensor:
+        """``(nr_runs, B, subset_size)`` feature indices."""
+        if self.quantus_compat:
+            state = np.random.RandomState(self.seed)
+            runs = []
+            for _ in range(self.nr_runs):
+                runs.append(np.stack([state.choice(n, self.subset_size, replace=False) for _ in range(n_samples)]))
+                if isinstance(self.perturb_baseline, str):
+                    state.random_sample(n_samples)  # Quantus draws a (then unused) uniform baseline per call
+            return torch.from_numpy(np.stack(runs)).to(device)
+        return torch.stack(
+            [
+                torch.rand(n_samples, n, generator=generator(self.seed, device, run), device=device)
+                .topk(self.subset_size, dim=1)
+                .indices
+                for run in range(self.nr_runs)
+            ]
+        )
+
+    def compute(self, context: EvaluationContext) -> Tensor:
+        n = n_features(context)
+        if self.subset_size > n:
+            raise ValueError(f"subset_size={self.subset_size} exceeds the {n} input features")
+        subsets = self.subsets(len(context), n, context.device)
+        sweep = SubsetSweep(
+            context.x,
+            subsets=subsets,
+            subsets_key=(self.nr_runs, self.subset_size, self.seed, self.quantus_compat),
+            fill=Fill.baseline(context.x, self.perturb_baseline),
+        )
+        drops = context.clean().score(self.softmax)[:, None] - context.sweep(sweep).score(self.softmax)
+        a = unit_scores(self.attributions(context), "feature", context.x.shape[1:])
+        sums = a.gather(1, flatten(subsets.transpose(0, 1))).view(len(context), self.nr_runs, -1).sum(2)
+        return pearson(sums, drops)
+
+
+@EXPLANATION_METRICS.register("monotonicity")
+class Monotonicity(ExplanationMetric):
+    """Arya et al. 2019: start from the baseline image and put features back in order of increasing
+    ``|a|``, ``features_in_step`` at a time; 1 if the score never decreases, else 0.
+
+    Quantus 0.6 replaces the baseline by the baseline instead of by the input's values, so its images
+    never change and it returns 1 for every sample; there is no compat mode for that.
+    """
+
+    def __init__(
+        self,
+        *,
+        features_in_step: int = 1,
+        perturb_baseline: Baseline = "black",
+        softmax: bool = True,
+        abs: bool = True,
+        normalise: bool = True,
+        quantus_compat: bool = False,
+    ) -> None:
+        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
+        self.features_in_step = features_in_step
+        self.perturb_baseline = perturb_baseline
+        self.softmax = softmax
+
+    def compute(self, context: EvaluationContext) -> Tensor:
+        order, order_key = attribution_order(context, self, "feature", "ascending")
+        sweep = RankedSweep(
+            context.x,
+            unit="feature",
+            order=order,
+            order_key=order_key,
+            steps=cumulative_steps(n_features(context), self.features_in_step),
+            insert=True,
+            fill=Fill.baseline(context.x, self.perturb_baseline),
+        )
+        scores = context.sweep(sweep).score(self.softmax)
+        return (scores.diff(dim=1) >= 0).all(1).double()
+
+
+@EXPLANATION_METRICS.register("monotonicity_correlation")
+class MonotonicityCorrelation(ExplanationMetric):
+    """Nguyen & Martínez 2020: Spearman correlation, over groups of ``features_in_step`` features in
+    order of increasing ``|a|``, between the group's attribution sum and the mean squared change of
+    the score over ``nr_samples`` replacements of only that group by a uniform draw in [0, 1) (one
+    value per sample and draw, as Quantus's ``"uniform"`` baseline).
+
+    The paper divides the squared change by f(x)²; that is a per-sample constant, which a Spearman
+    correlation ignores, so it is left out (and so is Quantus's ``eps`` that guards it).
+    """
+
+    def __init__(
+        self,
+        *,
+        nr_samples: int = 100,
+        features_in_step: int = 1,
+        perturb_baseline: Baseline = "uniform",
+        softmax: bool = True,
+        abs: bool = True,
+        normalise: bool = True,
+        seed: int = 0,
+        quantus_compat: bool = False,
+    ) -> None:
+        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
+        self.nr_samples = nr_samples
+        self.features_in_step = features_in_step
+        self.perturb_baseline = perturb_baseline
+        self.softmax = softmax
+        self.seed = seed
+
+    def uniform_fill(self, rows: int, n_samples: int, device: torch.device) -> Tensor:
+        """``(rows, B, 1, 1, 1)`` draws; Quantus draws one per sample at each (group, draw) in that order."""
+        if self.quantus_compat:
+            values = torch.from_numpy(np.random.RandomState(self.seed).uniform(size=(rows, n_samples))).to(device)
+        else:
+            values = torch.rand(rows, n_samples, generator=generator(self.seed, device), device=device)
+        return values.view(rows, n_samples, 1, 1, 1)
+
+    def compute(self, context: EvaluationContext) -> Tensor:
+        n = n_features(context)
+        n_groups = -(-n // self.features_in_step)
+        if self.perturb_baseline == "uniform":
+            draws = self.nr_samples
+            steps = group_steps(n, self.features_in_step, draws)
+            fill = Fill(
+                self.uniform_fill(n_groups * draws, len(context), context.device),
+                ("uniform", n_groups * draws, self.seed, self.quantus_compat),
+            )
+        else:  # a deterministic baseline gives the same image at every draw: one is enough
+            draws = 1
+            steps = group_steps(n, self.features_in_step)
+            fill = Fill.baseline(context.x, self.perturb_baseline)
+        order, order_key = attribution_order(context, self, "feature", "ascending")
+        sweep = RankedSweep(
+            context.x,
+            unit="feature",
+            order=order,
+            order_key=order_key,
+            steps=steps,
+            fill=fill,
+        )
+        scores = context.sweep(sweep).score(self.softmax).view(len(context), n_groups, draws)
+        clean = context.clean().score(self.softmax)
+        variation = (scores - clean[:, None, None]).double().square().mean(2)
+        a = unit_scores(self.attributions(context), "feature", context.x.shape[1:])
+        return spearman(group_sums(a, order, self.features_in_step), variation)
+
+
+@EXPLANATION_METRICS.register("infidelity")
+class Infidelity(ExplanationMetric):
+    """Yeh et al. 2019 as Quantus 0.6 implements it: for each patch size, remove the patches one after
+    another in raster order (cumulatively); at each step compare the drop of the score with the
+    attribution-weighted change of the input, ``Σ a·(x − x')``; the score is the mean squared
+    difference, averaged over patch sizes. Lower is better.
+
+    Quantus repeats this ``n_perturb_samples`` times; with a deterministic baseline every repeat is
+    identical, so kdlens runs it once. Quantus also fails for images not divisible by the patch size
+    (it perturbs padded indices of the unpadded image); kdlens pads as RegionPerturbation does.
+    """
+
+    higher_is_better = False
+
+    def __init__(
+        self,
+        *,
+        perturb_patch_sizes: Sequence[int] = (4,),
+        perturb_baseline: Baseline = "black",
+        softmax: bool = False,
+        abs: bool = False,
+        normalise: bool = False,
+        quantus_compat: bool = False,
+    ) -> None:
+        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
+        self.perturb_patch_sizes = tuple(perturb_patch_sizes)
+        self.perturb_baseline = perturb_baseline
+        self.softmax = softmax
+
+    def compute(self, context: EvaluationContext) -> Tensor:
+        x = context.x
+        fill = Fill.baseline(x, self.perturb_baseline)
+        # Per-pixel contribution Σ_c a·(x − fill) of removing that pixel.
+        contribution = (self.attributions(context).double() * (x.double() - fill.values[0].double())).sum(
+            1, keepdim=True
+        )
+        clean = context.clean().score(self.softmax).double()
+        losses = []
+        for patch in self.perturb_patch_sizes:
+            per_patch = unit_scores(contribution, patch, x.shape[1:])
+            order = unit_order(per_patch, "raster")
+            sweep = RankedSweep(
+                x,
+                unit=patch,
+                order=order,
+                order_key="raster",
+                steps=cumulative_steps(per_patch.shape[1], 1),
+                fill=fill,
+            )
+            drops = clean[:, None] - context.sweep(sweep).score(self.softmax).double()
+            losses.append((drops - per_patch.cumsum(1)).square().mean(1))
+        return torch.stack(losses, 1).mean(1)

@@ -1,0 +1,252 @@
+"""Localisation: does the attribution fall on the object mask?
+
+Every metric here reads ``a`` and ``s`` only (``requires = {"mask"}``). The mask ``(B, 1, H, W)`` is
+broadcast over the attribution's channels, so a ``(B, C, H, W)`` attribution counts each channel of a
+pixel as one feature (sum it over channels first for pixel-level scores). A sample whose mask is
+empty scores NaN in every metric (Quantus's PointingGame counts it as a hit).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdlens.metrics.base import (
+    EXPLANATION_METRICS,
+    EvaluationContext,
+    ExplanationMetric,
+)
+from kdlens.metrics.functional import (
+    average_precision,
+    flatten,
+    nan_where,
+    roc_auc,
+    topk_mask,
+)
+
+
+class LocalisationMetric(ExplanationMetric):
+    requires = frozenset({"mask"})
+
+    def flat(self, context: EvaluationContext) -> tuple[Tensor, Tensor]:
+        """The prepared attributions and the mask broadcast to them, both ``(B, N)``."""
+        a = self.attributions(context)
+        assert context.s is not None
+        return flatten(a), flatten(context.s.expand_as(a))
+
+    @staticmethod
+    def empty(context: EvaluationContext) -> Tensor:
+        assert context.s is not None
+        return ~flatten(context.s).any(1)
+
+
+def dilate(mask: Tensor, radius: int) -> Tensor:
+    """Grow a boolean ``(B, 1, H, W)`` mask by every position within Euclidean ``radius``."""
+    offsets = torch.arange(-radius, radius + 1, device=mask.device)
+    disk = (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius**2).float()
+    return F.conv2d(mask.float(), disk[None, None], padding=radius) > 0
+
+
+@EXPLANATION_METRICS.register("pointing_game")
+class PointingGame(LocalisationMetric):
+    """Zhang et al. 2018: 1 if any maximum of ``a`` lies in the mask (grown by ``tolerance`` pixels,
+    15 in the paper), else 0; with ``weighted``, a hit scores ``1 - mask area / image area``.
+
+    Quantus 0.6 differs: an empty mask counts as a hit (kdlens: NaN) and ``weighted=True`` crashes.
+    """
+
+    def __init__(
+        self,
+        *,
+        tolerance: int = 0,
+        weighted: bool = False,
+        abs: bool = False,
+        normalise: bool = True,
+        quantus_compat: bool = False,
+    ) -> None:
+        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
+        self.tolerance = tolerance
+        self.weighted = weighted
+
+    def compute(self, context: EvaluationContext) -> Tensor:
+        assert context.s is not None
+        a = self.attributions(context)
+        mask = dilate(context.s, self.tolerance) if self.tolerance > 0 else context.s
+        a, s = flatten(a), flatten(mask.expand_as(a))
+        hit = ((a == a.amax(1, keepdim=True)) & s).any(1).double()
+        if self.weighted:
+            hit = hit * (1 - flatten(context.s).double().mean(1))
+        return nan_where(self.empty(context), hit)
+
+
+@EXPLANATION_METRICS.register("energy_pointing_game")
+class EnergyPointingGame(LocalisationMetric):
+    """Wang et al. 2020 (Score-CAM): the share of the positive attribution inside the mask,
+    ``Σ_s a⁺ / Σ a⁺``; NaN when the mask is empty or ``a`` has no positive part."""
+
+    def compute(self, context: EvaluationContext) -> Tensor:
+        a, s = self.flat(context)
+        positive = a.double().clamp(min=0)
+        total = positive.sum(1)
+        return nan_where(self.empty(context) | (total == 0), (positive * s).sum(1) / total)
+
+
+@EXPLANATION_METRICS.register("attribution_localisation")
+class AttributionLocalisation(LocalisationMetric):
+    """Kohlbrenner et al. 2020: ``Σ_s a / (Σ a + 1e-9)`` on ``|a|`` (``abs=True``), NaN when the mask
+    is empty or the ratio exceeds 1; ``positive_attributions`` clips ``a`` at 0 first; ``weighted``
+    multiplies by the mask's share of the image.
+
+    Quantus 0.6's ``weighted=True`` divides the mask area by the size of the batch minus its first two
+    samples (``x_batch[2:].size``) instead of by the image area.
+    """
+
+    def __init__(
+        self,
+        *,
+        weighted: bool = False,
+        positive_attributions: bool = False,
+        abs: bool = True,
+        normalise: bool = True,
+        quantus_compat: bool = False,
+    ) -> None:
+        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
+        self.weighted = weighted
+        self.positive_attributions = positive_attributions
+
+    def compute(self, context: EvaluationContext) -> Tensor:
+        a, s = self.flat(context)
+        a = a.double().clamp(min=0) if self.positive_attributions else a.double()
+        ratio = (a * s).sum(1) / (a.sum(1) + 1e-9)
+        ratio = nan_where(self.empty(context) | (ratio > 1), ratio)
+        if self.weighted:
+            assert context.s is not None
+            ratio = ratio * flatten(context.s).double().mean(1)
+        return ratio
+
+
+@EXPLANATION_METRICS.register("relevance_mass_accuracy")
+class RelevanceMassAccuracy(LocalisationMetric):
+    """Arras et al. 2022: ``Σ_s a / Σ a`` on the signed attribution."""
+
+    def __init__(self, *, abs: bool = False, normalise: bool = True, quantus_compat: bool = False) -> None:
+        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
+
+    def compute(self, context: EvaluationContext) -> Tensor:
+        a, s = self.flat(context)
+        a = a.double()
+        return nan_where(self.empty(context), (a * s).sum(1) / a.sum(1))
+
+
+@EXPLANATION_METRICS.register("relevance_rank_accuracy")
+class RelevanceRankAccuracy(LocalisationMetric):
+    """Arras et al. 2022: with K = mask size, the share of the K highest attributions inside the mask
+    (ties broken towards lower indices)."""
+
+    def __init__(self, *, abs: bool = False, normalise: bool = True, quantus_compat: bool = False) -> None:
+        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
+
+    def compute(self, context: EvaluationContext) -> Tensor:
+        a, s = self.flat(context)
+        order = a.argsort(dim=1, descending=True, stable=True)
+        k = s.sum(1, keepdim=True)
+        hits = (s.gather(1, order) & (torch.arange(a.shape[1], device=a.device) < k)).sum(1)
+        return nan_where(self.empty(context), hits / k[:, 0])
+
+
+@EXPLANATION_METRICS.register("top_k_intersection")
+class TopKIntersection(LocalisationMetric):
+    """Theiner et al. 2021: the share of the ``k`` highest attributions inside the mask (1000 at
+    224 px); ``concept_influence`` divides by the mask's share of the features."""
+
+    def __init__(
+        self,
+        *,
+        k: int = 1000,
+        concept_influence: bool = False,
+        abs: bool = False,
+        normalise: bool = True,
+        quantus_compat: bool = False,
+    ) -> None:
+        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
+        self.k = k
+        self.concept_influence = concept_influence
+
+    def compute(self, context: EvaluationContext) -> Tensor:
+        a, s = self.flat(context)
+        if self.k > a.shape[1]:
+            raise ValueError(f"k={self.k} exceeds the {a.shape[1]} attribution features")
+        score = (topk_mask(a, self.k) & s).double().sum(1) / self.k
+        if self.concept_influence:
+            score = score * a.shape[1] / s.sum(1)
+        return nan_where(self.empty(context), score)
+
+
+@EXPLANATION_METRICS.register("auc")
+class AUC(LocalisationMetric):
+    """Fawcett 2006: ROC-AUC of the attribution as a score for the mask, ties as in scikit-learn;
+    NaN when the mask is empty or covers everything."""
+
+    def __init__(self, *, abs: bool = False, normalise: bool = True, quantus_compat: bool = False) -> None:
+        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
+
+    def compute(self, context: EvaluationContext) -> Tensor:
+        a, s = self.flat(context)
+        return roc_auc(a, s)
+
+
+class SegmentationTest(LocalisationMetric):
+    """The segmentation test (ImageNet-Segmentation protocol of Chefer et al. 2021): the attribution
+    is binarised at its own mean and compared with the mask (the test's mAP is :class:`SegmentationAP`)."""
+
+    def compute(self, context: EvaluationContext) -> Tensor:
+        a, s = self.flat(context)
+        return nan_where(self.empty(context), self.score(a > a.mean(1, keepdim=True), s))
+
+    @abstractmethod
+    def score(self, predicted: Tensor, s: Tensor) -> Tensor:
+        """``(B,)`` scores of the binarised attributions ``predicted`` against the mask ``s``."""
+
+
+@EXPLANATION_METRICS.register("segmentation_accuracy")
+class SegmentationAccuracy(SegmentationTest):
+    """Pixel accuracy of the binarised attribution."""
+
+    def score(self, predicted: Tensor, s: Tensor) -> Tensor:
+        return (predicted == s).double().mean(1)
+
+
+@EXPLANATION_METRICS.register("segmentation_miou")
+class SegmentationMIoU(SegmentationTest):
+    """Mean of the foreground and background IoU of the binarised attribution (a class whose union
+    is empty is left out of the mean)."""
+
+    def score(self, predicted: Tensor, s: Tensor) -> Tensor:
+        ious = []
+        for p, t in ((predicted, s), (~predicted, ~s)):
+            union = (p | t).sum(1)
+            ious.append(nan_where(union == 0, (p & t).sum(1) / union.clamp(min=1)))
+        return torch.stack(ious, 1).nanmean(1)
+
+
+@EXPLANATION_METRICS.register("segmentation_ap")
+class SegmentationAP(LocalisationMetric):
+    """The segmentation test's AP: average precision of the (unbinarised) attribution against the
+    mask, as scikit-learn's ``average_precision_score``; averaged over a dataset it is the mAP."""
+
+    def compute(self, context: EvaluationContext) -> Tensor:
+        a, s = self.flat(context)
+        return average_precision(a, s)
+
+
+@EXPLANATION_METRICS.register("segmentation_f1")
+class SegmentationF1(SegmentationTest):
+    """F1 of the binarised attribution against the mask."""
+
+    def score(self, predicted: Tensor, s: Tensor) -> Tensor:
+        true_positive = (predicted & s).sum(1)
+        wrong = (predicted ^ s).sum(1)
+        return 2 * true_positive / (2 * true_positive + wrong)
