@@ -62,3 +62,27 @@ def test_hostile_data_inputs_are_clear_errors(tmp_path):
     corrupt = write_config(tmp_path / "if.yaml", {**tiny_experiment(tmp_path / "if"), "data": {"name": "imagefolder", "root": str(tmp_path / "tree"), "image_size": 16, "resize_size": 16, "val_fraction": 0.5}})
     result = runner.invoke(app, ["train", str(corrupt)])
     assert result.exit_code == 2 and "broken.png" in result.output and "replace or remove" in result.output
+
+
+def test_evaluate_explanations_writes_per_sample_scores_and_an_aggregate(tmp_path, teacher_checkpoint):
+    import csv
+    import math
+
+    out = tmp_path / "eval"
+    args = ["evaluate", str(teacher_checkpoint), "--explainer", "gradcam,saliency",
+            "--metrics", "pointing_game,attribution_localisation,sparseness", "--n", "8", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    with open(out / "explanations.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 8 and {r["explainer"] for r in rows} == {"gradcam", "saliency"}
+    with open(out / "explanations_summary.csv") as f:
+        summary = {(r["explainer"], r["metric"]): r for r in csv.DictReader(f)}
+    pointing = [float(r["pointing_game"]) for r in rows if r["explainer"] == "gradcam" and not math.isnan(float(r["pointing_game"]))]
+    cell = summary[("gradcam", "pointing_game")]
+    assert float(cell["mean"]) == sum(pointing) / len(pointing) and int(cell["n"]) + int(cell["nan"]) == 8
+
+    bad = runner.invoke(app, ["evaluate", str(teacher_checkpoint), "--explainer", "gradcamm"])
+    assert bad.exit_code == 2 and "gradcam" in bad.output
+    bad = runner.invoke(app, ["evaluate", str(teacher_checkpoint), "--explainer", "gradcam", "--metrics", "pointing_gam"])
+    assert bad.exit_code == 2 and "pointing_game" in bad.output

@@ -369,3 +369,13 @@ def test_identical_explanations_agree_fully(batch: dict) -> None:
         torch.testing.assert_close(value, torch.ones(len(a), dtype=torch.float64), msg=name)
     opposite = explanation_agreement(a, -a)
     assert (opposite["cosine"] < -0.99).all() and (opposite["spearman"] < -0.99).all()
+
+
+def test_thesis_constants_scale_to_the_image_size():
+    from kdlens.metrics.explanation_evaluation import thesis_overrides
+
+    at_224 = thesis_overrides(3, 224, 224)
+    assert at_224["faithfulness_estimate"]["features_in_step"] == 3136 and at_224["top_k_intersection"]["k"] == 1000
+    at_32 = thesis_overrides(3, 32, 32)
+    assert at_32["monotonicity_correlation"]["features_in_step"] * 48 == 3 * 32 * 32
+    assert at_32["top_k_intersection"]["k"] == 20

@@ -136,10 +136,16 @@ def evaluate(
     data: Annotated[Optional[str], typer.Option(help="dataset name; default: the one the first checkpoint was trained on")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="dataset option, e.g. --set shortcut=0.95")] = None,
     teacher: Annotated[Optional[Path], typer.Option(help="teacher checkpoint for agreement and KL")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="folder for results.json and results.csv")] = None,
+    explainer: Annotated[Optional[str], typer.Option(help="explanation methods, comma-separated (e.g. gradcam,lrp): adds explanation metrics")] = None,
+    metrics: Annotated[str, typer.Option(help="metric preset (thesis, localisation, complexity, perturbation_curves) or comma-separated metric names; thesis is scaled to the image size")] = "thesis",
+    target: Annotated[str, typer.Option(help="class explained: label, pred or teacher")] = "label",
+    n: Annotated[Optional[int], typer.Option("--n", min=1, help="explain only the first n test images")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="folder for results.json/.csv and the explanation scores")] = None,
 ) -> None:
     """Accuracy (top-1/top-5), group accuracies, and agreement and KL with a teacher, on the test
-    split and any extra evaluation splits of the dataset."""
+    split and any extra evaluation splits of the dataset. With --explainer: every model ×
+    explainer × metric on the test split, per sample (explanations.csv) and aggregated
+    (explanations_summary.csv: mean, std, n, NaN count)."""
     from kdlens.io import atomic_write_text, write_json
     from kdlens.metrics.evaluate import evaluate_models
     from kdlens.report.tables import flatten_report, format_table, rows_to_csv
@@ -154,6 +160,41 @@ def evaluate(
         write_json(out / "results.json", reports)
         atomic_write_text(out / "results.csv", rows_to_csv(rows))
         typer.echo(f"wrote {out / 'results.json'} and {out / 'results.csv'}")
+    if explainer:
+        _evaluate_explanations(checkpoints, loaded, bundle, teacher_model, explainer, metrics, target, n, out)
+
+
+def _evaluate_explanations(checkpoints, loaded, bundle, teacher_model, explainer, metrics, target, n, out) -> None:
+    from kdlens.explain import EXPLAINERS
+    from kdlens.io import atomic_write_text
+    from kdlens.metrics import METRIC_PRESETS, create_metrics
+    from kdlens.metrics.explanation_evaluation import aggregate_scores, evaluate_explanations, thesis_overrides
+    from kdlens.registry import unknown_name_message
+    from kdlens.report.tables import format_table, rows_to_csv
+
+    methods = [m.strip() for m in explainer.split(",") if m.strip()]
+    for method in methods:
+        if method not in EXPLAINERS:
+            raise ConfigError(unknown_name_message("explanation method", method, EXPLAINERS.names()))
+    if target not in ("label", "pred", "teacher"):
+        raise ConfigError(f"--target must be label, pred or teacher, got '{target}'")
+    try:
+        if metrics == "thesis":  # its constants are for 224-px images: scale them to this dataset's
+            chosen = create_metrics("thesis", thesis_overrides(bundle.in_channels, *bundle.image_size))
+        else:
+            chosen = create_metrics(metrics if metrics in METRIC_PRESETS else [m.strip() for m in metrics.split(",")])
+        rows = evaluate_explanations(
+            {str(path): model for path, (model, _) in zip(checkpoints, loaded)}, bundle.test, methods, chosen,
+            target=target, teacher=teacher_model, n=n,
+        )
+    except (KeyError, ValueError) as err:
+        raise ConfigError(str(err).strip("'\"")) from None
+    summary = aggregate_scores(rows, list(chosen))
+    typer.echo(format_table(summary))
+    if out:
+        atomic_write_text(out / "explanations.csv", rows_to_csv(rows))
+        atomic_write_text(out / "explanations_summary.csv", rows_to_csv(summary))
+        typer.echo(f"wrote {out / 'explanations.csv'} and {out / 'explanations_summary.csv'}")
 
 
 @app.command()
