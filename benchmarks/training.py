@@ -56,7 +56,7 @@ def median_seconds(step: Callable[[], None], steps: int, warmup: int = 2, repeat
     return statistics.median(times)
 
 
-def kdlens_step(losses: list[dict], batch: dict, teacher, student) -> Callable[[], None]:
+def kdlens_step(losses: list[dict], batch: dict, teacher, student) -> tuple[Callable[[], None], DistillationModule]:
     raw = {"data": {"name": "shapes"}, "model": {"name": STUDENT}, "losses": losses}
     if any(loss["name"] != "ce" for loss in losses):
         raw["teacher"] = {"name": TEACHER, "checkpoint": "unused.ckpt"}
@@ -75,7 +75,7 @@ def kdlens_step(losses: list[dict], batch: dict, teacher, student) -> Callable[[
         loss.backward()
         optimizer.step()
 
-    return step
+    return step, module
 
 
 def torchdistill_kd_step(batch: dict, teacher, student) -> Callable[[], None]:
@@ -118,8 +118,9 @@ def main() -> None:
     started = time.perf_counter()
     seconds = {}
     for name, losses in METHODS.items():
-        student = create_model(STUDENT, CLASSES, 3)
-        seconds[name] = median_seconds(kdlens_step(losses, batch, teacher, student), args.steps)
+        step, module = kdlens_step(losses, batch, teacher, create_model(STUDENT, CLASSES, 3))
+        seconds[name] = median_seconds(step, args.steps)
+        module.teardown("fit")  # remove its feature taps from the shared teacher
         print(f"{name:24s} {args.batch / seconds[name]:7.1f} img/s", flush=True)
     reference = median_seconds(torchdistill_kd_step(batch, teacher, create_model(STUDENT, CLASSES, 3)), args.steps)
     print(f"{'torchdistill KD':24s} {args.batch / reference:7.1f} img/s", flush=True)

@@ -88,3 +88,20 @@ def test_e2kd_run_on_shapes(tmp_path, teacher_checkpoint):
     run = run_experiment(validate_config(raw))
     metrics = (run.run_dir / "logs" / "csv" / "version_0" / "metrics.csv").read_text()
     assert "train/e2kd_epoch" in metrics.splitlines()[0]
+
+
+def test_e2kd_and_oracle_kd_share_a_teacher_in_one_run():
+    """e²KD's grad leaves on the teacher are limited to the module's own teacher pass: oracle KD's
+    input gradient through the whole teacher still exists in the same step."""
+    from kdlens.distill.oracle_kd import OracleKDConfig
+
+    torch.manual_seed(0)
+    student, teacher = create_model("resnet8", 4, 3), create_model("resnet14", 4, 3)
+    context = TermContext(student, get_model_spec("resnet8"), teacher, get_model_spec("resnet14"))
+    losses = DistillLoss([E2KDConfig(), OracleKDConfig()], context)
+    from kdlens.config import RecipeConfig
+
+    probe = {"image": torch.randn(2, 3, 16, 16), "label": torch.tensor([0, 1])}
+    module = DistillationModule(student, losses, RecipeConfig(), 4, {"format": 1}, probe, teacher)
+    loss, parts = module.losses(module._distill_batch({"image": torch.randn(4, 3, 16, 16), "label": torch.tensor([0, 1, 2, 3])}))
+    assert set(parts) == {"e2kd", "oracle_kd"} and torch.isfinite(loss)

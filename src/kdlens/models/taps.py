@@ -4,7 +4,8 @@ has to expose features itself (distillation hints, attention transfer, Grad-CAM)
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 
 import torch
@@ -39,12 +40,9 @@ class FeatureTaps:
     module called several times in one forward keeps its last output.
     """
 
-    def __init__(self, model: nn.Module, paths: Iterable[str], as_grad_leaves: bool = False) -> None:
-        """``as_grad_leaves``: replace each tapped output by a detached copy that requires grad, so
-        gradients with respect to it exist even for a frozen model on an input without grad (a
-        teacher's Grad-CAM); the graph then starts at the tap, and nothing before it is recorded."""
+    def __init__(self, model: nn.Module, paths: Iterable[str]) -> None:
         self.paths = tuple(dict.fromkeys(paths))
-        self.as_grad_leaves = as_grad_leaves
+        self.as_grad_leaves = False
         # Resolve every path before registering any hook, so a typo leaves the model untouched.
         modules = {path: resolve_module(model, path) for path in self.paths}
         self._outputs: dict[str, Tensor] = {}
@@ -85,6 +83,18 @@ class FeatureTaps:
                 "tap a module whose output is not overwritten (e.g. the block, not its last BN)"
             )
         return output
+
+    @contextmanager
+    def grad_leaves(self, enabled: bool = True) -> Iterator[FeatureTaps]:
+        """Within this block (if ``enabled``), each tapped output is replaced by a detached copy
+        that requires grad, so gradients with respect to it exist even for a frozen model on an
+        input without grad (a teacher's Grad-CAM): the graph starts at the tap. Outside it, the
+        model's forward is untouched (e.g. input gradients through the whole model still work)."""
+        previous, self.as_grad_leaves = self.as_grad_leaves, enabled
+        try:
+            yield self
+        finally:
+            self.as_grad_leaves = previous
 
     def as_dict(self) -> dict[str, Tensor]:
         """Every tapped output, in the order the paths were given."""

@@ -44,9 +44,7 @@ class DistillationModule(L.LightningModule):
             teacher.requires_grad_(False).eval()
         student_paths, teacher_paths = losses.feature_paths()
         self.student_taps = FeatureTaps(model, student_paths)
-        self.teacher_taps = (
-            FeatureTaps(teacher, teacher_paths, as_grad_leaves=losses.needs_teacher_graph) if teacher is not None else None
-        )
+        self.teacher_taps = FeatureTaps(teacher, teacher_paths) if teacher is not None else None
         model.eval()
         with torch.no_grad():
             losses.build_connectors(self._distill_batch(probe))
@@ -73,7 +71,8 @@ class DistillationModule(L.LightningModule):
         if self.teacher is not None and (teacher_logits is None or self.teacher_taps.paths or self.losses.needs_teacher_graph):
             # Under grad, the taps turn the teacher's tapped outputs into grad leaves: the graph
             # runs from those layers to the logits only (parameters stay frozen).
-            with torch.set_grad_enabled(self.losses.needs_teacher_graph and torch.is_grad_enabled()):
+            needs_graph = self.losses.needs_teacher_graph and torch.is_grad_enabled()
+            with torch.set_grad_enabled(needs_graph), self.teacher_taps.grad_leaves(needs_graph):
                 attached = self.teacher(images)
             attached_features = self.teacher_taps.as_dict()
             if attached.requires_grad:
