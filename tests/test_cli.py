@@ -86,3 +86,10 @@ def test_evaluate_explanations_writes_per_sample_scores_and_an_aggregate(tmp_pat
     assert bad.exit_code == 2 and "gradcam" in bad.output
     bad = runner.invoke(app, ["evaluate", str(teacher_checkpoint), "--explainer", "gradcam", "--metrics", "pointing_gam"])
     assert bad.exit_code == 2 and "pointing_game" in bad.output
+
+
+def test_a_layer_name_that_does_not_exist_is_a_clear_error(tmp_path, teacher_checkpoint):
+    raw = tiny_experiment(tmp_path / "e2kd", teacher={"name": "resnet8", "checkpoint": str(teacher_checkpoint)},
+                          losses=[{"name": "kd"}, {"name": "e2kd", "student_layer": "layer4"}])
+    result = runner.invoke(app, ["distill", str(write_config(tmp_path / "e2kd.yaml", raw))])
+    assert result.exit_code == 2 and "'layer4' not found" in result.output and "layer3" in result.output

@@ -11,6 +11,7 @@ import typer
 from kdlens.config import ConfigError, ExperimentConfig, apply_override, load_config
 from kdlens.data import DataError, DatasetNotFoundError
 from kdlens.explain import ExplainError
+from kdlens.models import UnknownModulePath
 from kdlens.training.checkpoints import CheckpointError
 from kdlens.training.module import TrainingDiverged
 
@@ -33,7 +34,9 @@ def _user_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ConfigError, CheckpointError, DataError, DatasetNotFoundError, ExplainError, TrainingDiverged) as err:
+        except (
+            ConfigError, CheckpointError, DataError, DatasetNotFoundError, ExplainError, TrainingDiverged, UnknownModulePath
+        ) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
 

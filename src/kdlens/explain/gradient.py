@@ -21,11 +21,16 @@ from torch.overrides import TorchFunctionMode
 from kdlens.explain.base import Explainer, Reduce, per_sample_chunks, reduce_channels, register_explainer, require_autograd
 
 
+def _grad_leaf(x: Tensor) -> Tensor:
+    """A fresh leaf copy of ``x`` that requires grad (autograd must be enabled)."""
+    require_autograd()
+    return x.detach().requires_grad_()
+
+
 def captum_attribution(attribute: Callable[..., Tensor], x: Tensor, target: Tensor, reduce: Reduce, **kwargs: Any) -> Tensor:
     """``attribute(x, target=target, **kwargs)`` on a fresh leaf copy of ``x`` (so Captum does not
     warn about, or touch, the caller's tensor), detached and reduced over channels."""
-    require_autograd()
-    return reduce_channels(attribute(x.detach().requires_grad_(), target=target, **kwargs).detach(), reduce)
+    return reduce_channels(attribute(_grad_leaf(x), target=target, **kwargs).detach(), reduce)
 
 
 @register_explainer("saliency")
@@ -148,8 +153,7 @@ class GuidedBackprop(Explainer):
     """
 
     def _attribute(self, x: Tensor, target: Tensor, *, reduce: Reduce = "sum") -> Tensor:
-        require_autograd()
-        leaf = x.detach().requires_grad_()
+        leaf = _grad_leaf(x)
         with torch.enable_grad(), _GuidedReLUs():
             score = self.model(leaf).gather(1, target[:, None]).sum()
         (grads,) = torch.autograd.grad(score, leaf)

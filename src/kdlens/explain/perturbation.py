@@ -88,8 +88,7 @@ class Lime(Explainer):
         segments, real = _superpixels(x, superpixels, n_segments, feature_mask)
         coalitions = (torch.rand(len(real), samples, real.shape[1], device=x.device) < 0.5) & real[:, None]
         coalitions[:, 0] = real
-        scores = _coalition_scores(self.model, x, target, segments, _baseline_image(x, segments, real, baseline),
-                                   coalitions, chunk_size)
+        scores = _coalition_scores(self.model, x, target, segments, real, baseline, coalitions, chunk_size)
         kept = coalitions.sum(-1)
         cosine_distance = 1 - kept / (kept * real.sum(1, keepdim=True)).sqrt().clamp_min(1e-12)
         weights = torch.exp(-cosine_distance.pow(2) / kernel_width**2).sqrt()
@@ -124,8 +123,7 @@ class KernelShap(Explainer):
         if samples < 3 or int(real.sum(1).min()) < 2:
             raise ExplainError("kernelshap needs samples >= 3 and at least 2 superpixels per image")
         coalitions = torch.cat([real[:, None], torch.zeros_like(real)[:, None], _shapley_coalitions(real, samples - 2)], 1)
-        scores = _coalition_scores(self.model, x, target, segments, _baseline_image(x, segments, real, baseline),
-                                   coalitions, chunk_size)
+        scores = _coalition_scores(self.model, x, target, segments, real, baseline, coalitions, chunk_size)
         full, empty = scores[:, 0], scores[:, 1]
         gains = (scores[:, 2:] - empty[:, None]).double()
         shapley = constrained_least_squares(coalitions[:, 2:].double(), gains, real, (full - empty).double())
@@ -223,11 +221,14 @@ def _coalition_scores(
     x: Tensor,
     target: Tensor,
     segments: Tensor,
-    replacement: Tensor,
+    real: Tensor,
+    baseline: Baseline,
     coalitions: Tensor,
     chunk_size: int,
 ) -> Tensor:
-    """(B, samples) target logits of every image with each of its coalitions applied."""
+    """(B, samples) target logits of every image with each of its coalitions applied (the superpixels
+    left out show ``baseline``, see :func:`_baseline_image`)."""
+    replacement = _baseline_image(x, segments, real, baseline)
     batch, samples = coalitions.shape[:2]
     pixels = segments.flatten(1)
     scores = []

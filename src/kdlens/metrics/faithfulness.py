@@ -33,6 +33,7 @@ from kdlens.metrics.sweep import (
     Fill,
     RankedSweep,
     SubsetSweep,
+    Unit,
     attribution_order,
     count_units,
     cumulative_steps,
@@ -52,6 +53,36 @@ def normalised_auc(curve: Tensor) -> Tensor:
 
 def n_features(context: EvaluationContext) -> int:
     return context.x[0].numel()
+
+
+def ranked_attribution_sweep(
+    context: EvaluationContext,
+    metric: ExplanationMetric,
+    unit: Unit,
+    direction: Literal["descending", "ascending"],
+    steps: Sequence[tuple[int, int, int]],
+    fill: Fill | Baseline,
+    insert: bool = False,
+) -> tuple[RankedSweep, Tensor]:
+    """A sweep over ``unit``s ranked by ``metric``'s attributions in ``direction``, and that ranking;
+    ``fill`` is a :class:`Fill` or a deterministic baseline."""
+    order, order_key = attribution_order(context, metric, unit, direction)
+    if not isinstance(fill, Fill):
+        fill = Fill.baseline(context.x, fill)
+    sweep = RankedSweep(
+        context.x, unit=unit, order=order, order_key=order_key, steps=steps, insert=insert, fill=fill
+    )
+    return sweep, order
+
+
+def score_drops(context: EvaluationContext, sweep: RankedSweep | SubsetSweep, softmax: bool) -> Tensor:
+    """``(B, steps)``: the clean score minus the score at each step of ``sweep``."""
+    return context.clean().score(softmax)[:, None] - context.sweep(sweep).score(softmax)
+
+
+def feature_attributions(metric: ExplanationMetric, context: EvaluationContext) -> Tensor:
+    """``(B, n_features)`` the metric's attributions, broadcast to x's channels and flattened."""
+    return unit_scores(metric.attributions(context), "feature", context.x.shape[1:])
 
 
 @EXPLANATION_METRICS.register("pixel_flipping")
@@ -79,15 +110,8 @@ class PixelFlipping(CurveMetric):
         self.softmax = softmax
 
     def compute_curve(self, context: EvaluationContext) -> Tensor:
-        order, order_key = attribution_order(context, self, "feature", "descending")
-        sweep = RankedSweep(
-            context.x,
-            unit="feature",
-            order=order,
-            order_key=order_key,
-            steps=cumulative_steps(n_features(context), self.features_in_step),
-            fill=Fill.baseline(context.x, self.perturb_baseline),
-        )
+        steps = cumulative_steps(n_features(context), self.features_in_step)
+        sweep, _ = ranked_attribution_sweep(context, self, "feature", "descending", steps, self.perturb_baseline)
         return context.sweep(sweep).score(self.softmax).double()
 
     def compute(self, context: EvaluationContext) -> Tensor:
@@ -238,16 +262,7 @@ class PixelCurve(CurveMetric):
         baseline: Baseline,
         insert: bool = False,
     ) -> RankedSweep:
-        order_tensor, order_key = attribution_order(context, self, "pixel", order)
-        return RankedSweep(
-            context.x,
-            unit="pixel",
-            order=order_tensor,
-            order_key=order_key,
-            steps=steps,
-            insert=insert,
-            fill=Fill.baseline(context.x, baseline),
-        )
+        return ranked_attribution_sweep(context, self, "pixel", order, steps, baseline, insert=insert)[0]
 
 
 def n_pixels(context: EvaluationContext) -> int:
@@ -375,18 +390,10 @@ class FaithfulnessEstimate(ExplanationMetric):
         self.softmax = softmax
 
     def compute(self, context: EvaluationContext) -> Tensor:
-        order, order_key = attribution_order(context, self, "feature", "descending")
-        sweep = RankedSweep(
-            context.x,
-            unit="feature",
-            order=order,
-            order_key=order_key,
-            steps=group_steps(n_features(context), self.features_in_step),
-            fill=Fill.baseline(context.x, self.perturb_baseline),
-        )
-        drops = context.clean().score(self.softmax)[:, None] - context.sweep(sweep).score(self.softmax)
-        a = unit_scores(self.attributions(context), "feature", context.x.shape[1:])
-        return pearson(group_sums(a, order, self.features_in_step), drops)
+        steps = group_steps(n_features(context), self.features_in_step)
+        sweep, order = ranked_attribution_sweep(context, self, "feature", "descending", steps, self.perturb_baseline)
+        drops = score_drops(context, sweep, self.softmax)
+        return pearson(group_sums(feature_attributions(self, context), order, self.features_in_step), drops)
 
 
 @EXPLANATION_METRICS.register("faithfulness_correlation")
@@ -443,8 +450,8 @@ class FaithfulnessCorrelation(ExplanationMetric):
             subsets_key=(self.nr_runs, self.subset_size, self.seed, self.quantus_compat),
             fill=Fill.baseline(context.x, self.perturb_baseline),
         )
-        drops = context.clean().score(self.softmax)[:, None] - context.sweep(sweep).score(self.softmax)
-        a = unit_scores(self.attributions(context), "feature", context.x.shape[1:])
+        drops = score_drops(context, sweep, self.softmax)
+        a = feature_attributions(self, context)
         sums = a.gather(1, flatten(subsets.transpose(0, 1))).view(len(context), self.nr_runs, -1).sum(2)
         return pearson(sums, drops)
 
@@ -474,15 +481,9 @@ class Monotonicity(ExplanationMetric):
         self.softmax = softmax
 
     def compute(self, context: EvaluationContext) -> Tensor:
-        order, order_key = attribution_order(context, self, "feature", "ascending")
-        sweep = RankedSweep(
-            context.x,
-            unit="feature",
-            order=order,
-            order_key=order_key,
-            steps=cumulative_steps(n_features(context), self.features_in_step),
-            insert=True,
-            fill=Fill.baseline(context.x, self.perturb_baseline),
+        steps = cumulative_steps(n_features(context), self.features_in_step)
+        sweep, _ = ranked_attribution_sweep(
+            context, self, "feature", "ascending", steps, self.perturb_baseline, insert=True
         )
         scores = context.sweep(sweep).score(self.softmax)
         return (scores.diff(dim=1) >= 0).all(1).double()
@@ -540,20 +541,11 @@ class MonotonicityCorrelation(ExplanationMetric):
             draws = 1
             steps = group_steps(n, self.features_in_step)
             fill = Fill.baseline(context.x, self.perturb_baseline)
-        order, order_key = attribution_order(context, self, "feature", "ascending")
-        sweep = RankedSweep(
-            context.x,
-            unit="feature",
-            order=order,
-            order_key=order_key,
-            steps=steps,
-            fill=fill,
-        )
+        sweep, order = ranked_attribution_sweep(context, self, "feature", "ascending", steps, fill)
         scores = context.sweep(sweep).score(self.softmax).view(len(context), n_groups, draws)
         clean = context.clean().score(self.softmax)
         variation = (scores - clean[:, None, None]).double().square().mean(2)
-        a = unit_scores(self.attributions(context), "feature", context.x.shape[1:])
-        return spearman(group_sums(a, order, self.features_in_step), variation)
+        return spearman(group_sums(feature_attributions(self, context), order, self.features_in_step), variation)
 
 
 @EXPLANATION_METRICS.register("infidelity")

@@ -22,11 +22,12 @@ from kdlens.models.base import (
     list_models,
     stage_paths,
 )
-from kdlens.models.taps import FeatureTaps, resolve_module
+from kdlens.models.taps import FeatureTaps, UnknownModulePath, resolve_module
 
 __all__ = [
     "MODELS",
     "FeatureTaps",
+    "UnknownModulePath",
     "ModelSpec",
     "count_parameters",
     "create_model",

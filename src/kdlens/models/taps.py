@@ -12,12 +12,16 @@ import torch
 from torch import Tensor, nn
 
 
+class UnknownModulePath(ValueError):
+    """A module path (a feature tap, an explained layer) that the model does not have."""
+
+
 def resolve_module(model: nn.Module, path: str) -> nn.Module:
     """The submodule at ``path`` (as in ``model.named_modules()``); ``""`` is the model itself."""
     try:
         return model.get_submodule(path)
     except AttributeError:
-        raise ValueError(_unknown_path_message(model, path)) from None
+        raise UnknownModulePath(_unknown_path_message(model, path)) from None
 
 
 def _unknown_path_message(model: nn.Module, path: str) -> str:
