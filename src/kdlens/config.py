@@ -104,6 +104,12 @@ class TrainerConfig(_Section):
     """Lightning strategy, e.g. ``ddp`` (one process per device, torchrun/SLURM aware)."""
     sync_batchnorm: bool = False
     precision: str = "32-true"
+    """Lightning precision: ``32-true``, ``bf16-mixed``, ``16-mixed`` (GPU)."""
+    channels_last: bool = False
+    """Models and input batches in channels-last memory format (faster convolutions on GPUs)."""
+    compile: bool = False
+    """``torch.compile`` the student and teacher forwards; only with logit-based loss terms
+    (feature taps are forward hooks, which compiled forwards do not run)."""
     deterministic: bool = True
     progress_bar: bool = True
     limit_train_batches: int | float = 1.0

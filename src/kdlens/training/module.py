@@ -33,6 +33,7 @@ class DistillationModule(L.LightningModule):
         checkpoint_info: dict[str, Any],
         probe: dict[str, torch.Tensor],
         teacher: nn.Module | None = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
         """``probe`` is a small batch used once to size the loss terms' connectors, so that they
         exist before the optimiser is built and before a checkpoint is restored."""
@@ -42,6 +43,7 @@ class DistillationModule(L.LightningModule):
         self.teacher = teacher
         if teacher is not None:
             teacher.requires_grad_(False).eval()
+        self.memory_format = memory_format
         student_paths, teacher_paths = losses.feature_paths()
         self.student_taps = FeatureTaps(model, student_paths)
         self.teacher_taps = FeatureTaps(teacher, teacher_paths) if teacher is not None else None
@@ -66,7 +68,7 @@ class DistillationModule(L.LightningModule):
         return self.model(images)
 
     def _distill_batch(self, batch: dict[str, torch.Tensor]) -> DistillBatch:
-        images = batch["image"]
+        images = batch["image"].contiguous(memory_format=self.memory_format)
         teacher_logits, teacher_features, teacher_graph = batch.get(TEACHER_LOGITS), {}, None
         if self.teacher is not None and (teacher_logits is None or self.teacher_taps.paths or self.losses.needs_teacher_graph):
             # Under grad, the taps turn the teacher's tapped outputs into grad leaves: the graph
@@ -108,7 +110,7 @@ class DistillationModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        images, labels = batch["image"], batch["label"]
+        images, labels = batch["image"].contiguous(memory_format=self.memory_format), batch["label"]
         logits = self.model(images)
         self.val_top1(logits, labels)
         self.log("val/top1", self.val_top1, on_epoch=True, prog_bar=True)

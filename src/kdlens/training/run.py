@@ -109,7 +109,20 @@ def run_experiment(
         outputs = frozen_teacher_outputs(teacher, bundle.train, config.teacher.checkpoint, config.data, frozen_spec)
         bundle = dataclasses.replace(bundle, train=attach_frozen_teacher(bundle.train, outputs))
     probe = default_collate([bundle.train[i] for i in range(2)])
-    module = DistillationModule(model, losses, config.recipe, bundle.num_classes, checkpoint_info, probe, teacher)
+    memory_format = torch.channels_last if config.trainer.channels_last else torch.contiguous_format
+    for network in (model, teacher):
+        if network is not None:
+            network.to(memory_format=memory_format)
+    module = DistillationModule(model, losses, config.recipe, bundle.num_classes, checkpoint_info, probe, teacher, memory_format)
+    if config.trainer.compile:
+        if any(losses.feature_paths()):
+            raise ConfigError(
+                "trainer.compile works with logit-based loss terms only: the terms here read features through "
+                "forward hooks, which compiled forwards do not run. Set trainer.compile=false"
+            )
+        for network in (model, teacher):
+            if network is not None:
+                network.compile()  # in place: parameter names (and checkpoints) stay the same
 
     # Two callbacks: Lightning's save_last only writes when a top-k checkpoint was written in the
     # same step, which would leave last.ckpt stale after an epoch without improvement.
