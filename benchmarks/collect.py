@@ -11,9 +11,16 @@ import torch
 PARTS = ["training.md", "explainers.md", "metrics.md"]
 
 
+def _as_section(part: str) -> str:
+    """A part whose title is a level-1 heading is demoted one level, to sit under the page title."""
+    if not part.startswith("# "):
+        return part
+    return "\n".join("#" + line if line.startswith("#") else line for line in part.splitlines())
+
+
 def main() -> None:
     parts_dir = Path("docs/benchmarks")
-    sections = [(parts_dir / name).read_text().strip() for name in PARTS if (parts_dir / name).exists()]
+    sections = [_as_section((parts_dir / name).read_text().strip()) for name in PARTS if (parts_dir / name).exists()]
     missing = [name for name in PARTS if not (parts_dir / name).exists()]
     header = [
         "# Benchmarks",
