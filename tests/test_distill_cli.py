@@ -38,6 +38,7 @@ CASES = [
     ({"name": "oracle_kd", "gamma": 0.5}, "resnet8", "resnet8"),
     ({"name": "oracle_kd", "gamma": 0.5, "relevance": "lrp"}, "resnet8", "resnet8"),
     ({"name": "e2kd", "weight": 1.0}, "resnet8", "wrn_16_2"),
+    ({"name": "e2kd", "weight": 1.0, "explainer": "lrp"}, "resnet8", "resnet8"),
     ({"name": "e2kd", "weight": 1.0, "frozen_teacher": True, "every_k_steps": 2}, "resnet8", "wrn_16_2"),
     ({"name": "fitnet"}, "resnet8", "wrn_16_2"),
     ({"name": "sp"}, "resnet8", "wrn_16_2"),

@@ -105,3 +105,36 @@ def test_e2kd_and_oracle_kd_share_a_teacher_in_one_run():
     module = DistillationModule(student, losses, RecipeConfig(), 4, {"format": 1}, probe, teacher)
     loss, parts = module.losses(module._distill_batch({"image": torch.randn(4, 3, 16, 16), "label": torch.tensor([0, 1, 2, 3])}))
     assert set(parts) == {"e2kd", "oracle_kd"} and torch.isfinite(loss)
+
+
+def test_lrp_explanation_term_trains_the_student_and_not_the_teacher():
+    torch.manual_seed(0)
+    student, teacher = create_model("resnet8", 4, 3), create_model("resnet14", 4, 3)
+    module = _module(student, teacher, E2KDConfig(explainer="lrp"))
+    loss, parts = module.losses(module._distill_batch({"image": torch.randn(4, 3, 16, 16), "label": torch.tensor([0, 1, 2, 3])}))
+    loss.backward()
+    assert student.conv1.weight.grad is not None and student.conv1.weight.grad.abs().sum() > 0
+    assert student.bn1.weight.grad is not None  # no BatchNorm merging: its parameters are reached too
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_lrp_maps_equal_the_lrp_explainer_where_there_is_no_batchnorm_to_merge():
+    from kdlens.distill.e2kd import differentiable_lrp
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 3),
+    ).eval()
+    x, target = torch.randn(2, 3, 8, 8), torch.tensor([0, 2])
+    maps = differentiable_lrp(model, x, target, create_graph=False)
+    assert torch.allclose(maps, explain(model, x, target, "lrp"), atol=1e-6)
+
+
+def test_frozen_lrp_teacher_is_refused():
+    from kdlens.config import ConfigError
+
+    raw = {"data": {"name": "shapes"}, "model": {"name": "resnet8"}, "teacher": {"name": "resnet8", "checkpoint": "t.ckpt"},
+           "losses": [{"name": "e2kd", "explainer": "lrp", "frozen_teacher": True}]}
+    with pytest.raises(ConfigError, match="computed live"):
+        validate_config(raw)

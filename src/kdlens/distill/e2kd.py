@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from kdlens.distill.base import DistillBatch, LossConfigBase, LossTerm, register_loss
@@ -26,9 +26,9 @@ class E2KDConfig(LossConfigBase):
     name: Literal["e2kd"] = "e2kd"
     weight: float = 1.0
     """λ; the published sweeps use {0, 0.2, 1, 5, 10}."""
-    explainer: Literal["gradcam", "bcos"] = "gradcam"
-    """``bcos`` needs B-cos teacher and student (explanation = contributions W(x)·x). The student's
-    explanation must be differentiable (create_graph), which zennit's LRP is not."""
+    explainer: Literal["gradcam", "bcos", "lrp"] = "gradcam"
+    """``bcos`` needs B-cos teacher and student (explanation = contributions W(x)·x). ``lrp``: see
+    :func:`differentiable_lrp`."""
     student_layer: str | None = None
     """Grad-CAM layer of the student (module path); default its last stage."""
     teacher_layer: str | None = None
@@ -37,6 +37,12 @@ class E2KDConfig(LossConfigBase):
     frozen_teacher: bool = False
     """Compute the teacher's logits and maps once on un-augmented images and reuse them, with the
     same crop/flip as the image, instead of running the teacher at every step."""
+
+    @model_validator(mode="after")
+    def _frozen_maps_match_the_students(self) -> E2KDConfig:
+        if self.frozen_teacher and self.explainer == "lrp":
+            raise ValueError("frozen_teacher works with explainer gradcam or bcos; e²KD's LRP is computed live")
+        return self
 
 
 def explanation_loss(student_maps: Tensor, teacher_maps: Tensor) -> Tensor:
@@ -51,6 +57,30 @@ def gradcam_from_forward(logits: Tensor, features: Tensor, target: Tensor, size:
     target_logits = logits.gather(1, target[:, None]).sum()
     (grads,) = torch.autograd.grad(target_logits, features, create_graph=create_graph)
     return finish_cam(GradCAM.combine(features, grads), size, relu=True, normalize=False)
+
+
+def differentiable_lrp(model: torch.nn.Module, images: Tensor, target: Tensor, create_graph: bool) -> Tensor:
+    """LRP relevance (zennit, EpsilonPlusFlat) of the target logits, summed over channels, (B, 1, H, W).
+
+    Unlike ``explain(..., "lrp")``, BatchNorm is not merged into the convolutions first: zennit's
+    canonizers rewrite the weights in place, which a second-order gradient cannot go through, so
+    here BatchNorm layers pass the plain gradient. Teacher and student maps are computed the same
+    way, and with ``create_graph`` the loss reaches the student's own parameters."""
+    from zennit.attribution import Gradient
+    from zennit.composites import EpsilonPlusFlat
+
+    with torch.enable_grad(), Gradient(model=model, composite=EpsilonPlusFlat(), create_graph=create_graph) as attributor:
+        # Relevance starts as the target logit itself, as in explain(..., "lrp").
+        _, relevance = attributor(images.detach(), lambda output: F.one_hot(target, output.shape[1]) * output)
+    return relevance.sum(1, keepdim=True)
+
+
+def explanation_maps(method: str, model: torch.nn.Module, images: Tensor, target: Tensor, create_graph: bool) -> Tensor:
+    """Maps of a method run as an extra pass (B-cos, LRP), differentiable when ``create_graph``."""
+    if method == "lrp":
+        return differentiable_lrp(model, images, target, create_graph)
+    with torch.enable_grad():
+        return explain(model, images, target, method, create_graph=create_graph)
 
 
 @register_loss(E2KDConfig)
@@ -89,13 +119,12 @@ class E2KDLoss(LossTerm):
         if self.config.explainer == "gradcam":
             student_maps = gradcam_from_forward(batch.student_logits, batch.student_features[student_layer], target, size, create_graph=True)
         else:
-            student_maps = explain(self.context.student, batch.images, target, self.config.explainer, create_graph=True)
+            student_maps = explanation_maps(self.config.explainer, self.context.student, batch.images, target, create_graph=True)
         if TEACHER_MAP in batch.extras:
             teacher_maps = batch.extras[TEACHER_MAP]
         elif self.config.explainer == "gradcam":
             graph = batch.teacher_graph
             teacher_maps = gradcam_from_forward(graph["logits"], graph[teacher_layer], target, size, create_graph=False)
         else:
-            with torch.enable_grad():
-                teacher_maps = explain(self.context.teacher, batch.images, target, self.config.explainer)
+            teacher_maps = explanation_maps(self.config.explainer, self.context.teacher, batch.images, target, create_graph=False)
         return explanation_loss(student_maps, teacher_maps)
