@@ -8,7 +8,13 @@ floor*: the time of exactly the forward passes the suite's definitions require (
 FaithfulnessEstimate's groups, MonotonicityCorrelation's groups × draws), measured in this run on
 prepared batches at the best batch size and memory format. kdlens runs at that same configuration.
 
-Usage: ``python benchmarks/metrics.py [--n 64] [--threads 1] [--repeats 2] [--out docs/benchmarks/metrics.md]``
+End to end (``end_to_end``): the six CAM methods of the thesis (Grad-CAM, Grad-CAM++, XGradCAM, HiResCAM,
+AblationCAM, EigenCAM) on ``E2E_LAYER`` (layer3: see there) for the ground-truth class, each map scored with the thesis suite: kdlens
+(``kdlens.explain.explain`` + ``evaluate_metrics``) against pytorch-grad-cam + Quantus 0.6, on the same images.
+
+Usage: ``python benchmarks/metrics.py [--n 64] [--threads 1] [--repeats 2] [--e2e-n 16] [--only-end-to-end]
+[--out docs/benchmarks/metrics.md]``; ``--only-end-to-end`` runs just the end-to-end part and replaces its section at
+the end of ``--out``, keeping the rest of the file.
 """
 
 from __future__ import annotations
@@ -29,9 +35,23 @@ import torch
 from torch import Tensor, nn
 
 import kdlens.metrics as km
+from kdlens.explain import explain
 from kdlens.models import create_model
 
 SIZE = 32
+E2E_HEADING = "## End to end (six CAMs × thesis suite)"
+# The CAM layer: at 32 px torchvision resnet18's last feature layer (layer4) is 1×1, so its CAMs are constant and
+# pytorch-grad-cam's min-max scaling makes them all zero, which Quantus refuses; layer3 (2×2) is the last with extent.
+E2E_LAYER = "layer3"
+# kdlens method name → pytorch-grad-cam class name
+CAM_METHODS = {
+    "gradcam": "GradCAM",
+    "gradcampp": "GradCAMPlusPlus",
+    "xgradcam": "XGradCAM",
+    "hirescam": "HiResCAM",
+    "ablationcam": "AblationCAM",
+    "eigencam": "EigenCAM",
+}
 STEP = 64  # features per step: 3·32·32 / 64 = 48 groups, the thesis preset's 48 at 224 px
 THESIS_OVERRIDES = {
     "top_k_intersection": {"k": 20},  # 1000 of 224² pixels ≈ 20 of 32²
@@ -185,6 +205,133 @@ def other_cases(quantus) -> list[Case]:
 
 
 @dataclass
+class EndToEnd:
+    n: int
+    repeats: int
+    load: tuple[float, float]
+    # per method: (kdlens explain, kdlens metrics, pytorch-grad-cam explain, Quantus metrics) seconds
+    methods: dict[str, tuple[float, float, float, float]]
+
+
+def end_to_end(
+    quantus,
+    model: nn.Module,
+    kdlens_model: nn.Module,
+    n: int,
+    repeats: int,
+    batch_size: int,
+    memory_format: torch.memory_format,
+) -> EndToEnd:
+    """Six CAMs (``E2E_LAYER``, ground-truth class) × thesis suite, both libraries, on the first ``n`` images of
+    ``setup``; per method and side explanation and metric seconds, best (lowest side total) of ``repeats``
+    interleaved runs."""
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    load_before = os.getloadavg()[0]
+    b = setup(n)  # same seed: the same weights as ``model``; x, y, s for n images
+    x, y, s = b["x"], b["y"], b["s"]
+    suite = km.create_metrics("thesis", THESIS_OVERRIDES)
+    thesis = thesis_cases(quantus, suite)
+    targets = [ClassifierOutputTarget(int(c)) for c in y]
+    # Some CAMs are all zero for some images (ReLU); Quantus's MonotonicityCorrelation crashes on a constant map
+    # (its batched Spearman returns a float). Both sides add the same 1e-6-scale ramp: a tie-break, no timing effect.
+    ramp = 1e-6 * torch.arange(SIZE * SIZE, dtype=torch.float32).reshape(1, 1, SIZE, SIZE) / (SIZE * SIZE)
+
+    def kdlens_side(method: str) -> tuple[float, float]:
+        start = time.perf_counter()
+        a = explain(kdlens_model, x, y, method, layer=E2E_LAYER) + ramp
+        middle = time.perf_counter()
+        km.evaluate_metrics(
+            suite, kdlens_model, x, y, a, s, input_x_gradient, max_batch=batch_size, memory_format=memory_format
+        )
+        return middle - start, time.perf_counter() - middle
+
+    def reference_side(method: str) -> tuple[float, float]:
+        start = time.perf_counter()
+        with getattr(pgc, CAM_METHODS[method])(model=model, target_layers=[getattr(model, E2E_LAYER)]) as cam:
+            a = torch.from_numpy(cam(input_tensor=x, targets=targets))[:, None].float() + ramp
+        middle = time.perf_counter()
+        for case in thesis:
+            km.run_quantus_metric(case.theirs, model, x, y, a, s, input_x_gradient)
+        return middle - start, time.perf_counter() - middle
+
+    runs_ours: list[dict[str, tuple[float, float]]] = []
+    runs_theirs: list[dict[str, tuple[float, float]]] = []
+    for _ in range(repeats):
+        ours, theirs = {}, {}
+        for method in CAM_METHODS:
+            ours[method] = kdlens_side(method)
+            theirs[method] = reference_side(method)
+            print(
+                f"end to end {method}: kdlens {ours[method][0]:.2f} + {ours[method][1]:.2f} s, "
+                f"pytorch-grad-cam + Quantus {theirs[method][0]:.2f} + {theirs[method][1]:.2f} s",
+                flush=True,
+            )
+        runs_ours.append(ours)
+        runs_theirs.append(theirs)
+    best_ours = min(runs_ours, key=lambda r: sum(map(sum, r.values())))
+    best_theirs = min(runs_theirs, key=lambda r: sum(map(sum, r.values())))
+    methods = {m: (*best_ours[m], *best_theirs[m]) for m in CAM_METHODS}
+    return EndToEnd(n=n, repeats=repeats, load=(load_before, os.getloadavg()[0]), methods=methods)
+
+
+def report_end_to_end(e: EndToEnd, threads: int) -> str:
+    groups = 3 * SIZE * SIZE // STEP
+    totals = [sum(row[i] for row in e.methods.values()) for i in range(4)]
+    ours, theirs = totals[0] + totals[1], totals[2] + totals[3]
+    ratio = theirs / ours
+    lines = [
+        E2E_HEADING,
+        "",
+        f"Generated by `python benchmarks/metrics.py --only-end-to-end --e2e-n {e.n} --threads {threads} --repeats "
+        f"{e.repeats}` (or the full run) on {platform.machine()}, {os.cpu_count()} cores shared with other jobs "
+        f"(load average {e.load[0]:.1f} before, {e.load[1]:.1f} after), {threads} torch thread(s); best of "
+        f"{e.repeats} interleaved runs per side (lowest side total).",
+        "",
+        f"The thesis workload: Grad-CAM, Grad-CAM++, XGradCAM, HiResCAM, AblationCAM and EigenCAM on `{E2E_LAYER}` for the "
+        f"ground-truth class of {e.n} images (same model, images, targets and masks as above, first {e.n}), each map "
+        f"scored with the six thesis metrics (settings above: {e.n} × (1 + {groups} + {groups}×10) forwards per method). "
+        f"Reference: pytorch-grad-cam (`pgc.<CAM>(model, target_layers=[model.{E2E_LAYER}])`, numpy maps) + Quantus 0.6 "
+        "(the six metrics in sequence, defaults). kdlens: `kdlens.explain.explain(model, x, y, method, "
+        f'layer="{E2E_LAYER}")` + `evaluate_metrics` (batch and memory format as above). Same N for every method, '
+        "AblationCAM included.",
+        "",
+        "Layer: the thesis uses the last feature layer (`layer4`), but at 32 px torchvision resnet18's `layer4` is 1×1: "
+        "its CAMs are constant, pytorch-grad-cam's min-max scaling turns them into all-zero maps and Quantus refuses "
+        f"those, so both sides use `{E2E_LAYER}` (2×2, 256 channels; AblationCAM ablates 256 instead of 512 channels). "
+        "Some CAMs are all zero for some images, on which Quantus's MonotonicityCorrelation crashes, so both sides add "
+        "the same ramp of at most 1e-6 to every map (a tie-break).",
+        "",
+        "| method | kdlens explain (s) | kdlens metrics (s) | pgc explain (s) | Quantus metrics (s) "
+        "| reference / kdlens |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for method, (oe, om, te, tm) in e.methods.items():
+        lines.append(f"| {method} | {oe:.2f} | {om:.2f} | {te:.2f} | {tm:.2f} | {(te + tm) / (oe + om):.2f} |")
+    lines += [
+        f"| **total** | {totals[0]:.2f} | {totals[1]:.2f} | {totals[2]:.2f} | {totals[3]:.2f} | {ratio:.2f} |",
+        "",
+        "| | explanations (s) | metrics (s) | end to end (s) |",
+        "|---|---:|---:|---:|",
+        f"| kdlens | {totals[0]:.1f} | {totals[1]:.1f} | {ours:.1f} |",
+        f"| pytorch-grad-cam + Quantus 0.6 | {totals[2]:.1f} | {totals[3]:.1f} | {theirs:.1f} |",
+        f"| ratio (reference / kdlens) | {totals[2] / totals[0]:.2f} | {totals[3] / totals[1]:.2f} | {ratio:.2f} |",
+        "",
+        f"Target: kdlens ≥ 1.5 × faster than Quantus + pytorch-grad-cam end to end. Measured: {ratio:.2f} × — "
+        f"{'met' if ratio >= 1.5 else 'not met'}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def replace_end_to_end(text: str, section: str) -> str:
+    """``text`` with its end-to-end section (from its heading to the end) replaced by ``section``."""
+    head = text.split("\n" + E2E_HEADING, 1)[0].rstrip("\n")
+    return head + "\n\n" + section
+
+
+@dataclass
 class Results:
     n: int
     threads: int
@@ -276,6 +423,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the cores are shared: see the report)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of the suite timings (best is kept)")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/metrics.md"))
+    parser.add_argument("--e2e-n", type=int, default=16, help="images for the end-to-end part (six CAMs × suite)")
+    parser.add_argument(
+        "--only-end-to-end",
+        action="store_true",
+        help="run only the end-to-end part and replace its section at the end of --out (keeps the rest)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -290,6 +443,15 @@ def main() -> None:
 
     # kdlens runs a copy in the chosen memory format; Quantus the original, as its users would.
     kdlens_model = copy.deepcopy(model).to(memory_format=memory_format)
+
+    if args.only_end_to_end:
+        e2e = end_to_end(quantus, model, kdlens_model, args.e2e_n, args.repeats, batch_size, memory_format)
+        section = report_end_to_end(e2e, args.threads)
+        old = args.out.read_text() if args.out.exists() else ""
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(replace_end_to_end(old, section) if old else section)
+        print(section)
+        return
 
     def kdlens_run(metrics: dict[str, km.ExplanationMetric]) -> None:
         x, y, a, s = b["x"], b["y"], b["a"], b["s"]
@@ -337,7 +499,8 @@ def main() -> None:
         quantus_suite=sum(quantus_times.values()),
         rows=rows,
     )
-    text = report(results)
+    e2e = end_to_end(quantus, model, kdlens_model, args.e2e_n, args.repeats, batch_size, memory_format)
+    text = replace_end_to_end(report(results), report_end_to_end(e2e, args.threads))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from kdlens.models import cifar_resnet
 from kdlens.models.base import init_weights, register_model
+from kdlens.models.cifar_resnet import cifar_blocks_per_stage
 
 _NORM_EPS = 1e-6
 """Added to the squared input norm (a zero patch, e.g. padding, would divide 0 by 0) and to |cos|
@@ -172,9 +173,7 @@ class BcosResNet(nn.Module):
         b: float = 2.0,
     ) -> None:
         super().__init__()
-        if (depth - 2) % 6 != 0:
-            raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
-        blocks_per_stage = (depth - 2) // 6
+        blocks_per_stage = cifar_blocks_per_stage(depth)
         self.denormalize = Denormalize(in_channels)
         self.add_inverse = AddInverse()
         self.conv1 = BcosConv2d(2 * in_channels, widths[0], 3, padding=1, b=b)

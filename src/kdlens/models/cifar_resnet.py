@@ -37,6 +37,13 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+def cifar_blocks_per_stage(depth: int) -> int:
+    """n = (depth − 2) / 6 basic blocks in each of the 3 stages."""
+    if (depth - 2) % 6 != 0:
+        raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
+    return (depth - 2) // 6
+
+
 class CifarResNet(nn.Module):
     def __init__(
         self,
@@ -47,9 +54,7 @@ class CifarResNet(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        if (depth - 2) % 6 != 0:
-            raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
-        blocks_per_stage = (depth - 2) // 6
+        blocks_per_stage = cifar_blocks_per_stage(depth)
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.layer1 = _make_stage(widths[0], widths[1], blocks_per_stage, stride=1)
