@@ -67,20 +67,26 @@ class DistillationModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
+    def _teacher_outputs(
+        self, images: torch.Tensor, frozen_logits: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """The teacher's (logits, tapped features, graph). Logits and features are detached for
+        every term; the graph (logits and features still attached, from the tapped layers on) only
+        exists when a term differentiates the teacher's activations. With frozen logits in the
+        batch and nothing else needed, no teacher pass runs at all."""
+        needs_pass = frozen_logits is None or self.teacher_taps.paths or self.losses.needs_teacher_graph
+        if self.teacher is None or not needs_pass:
+            return frozen_logits, {}, None
+        needs_graph = self.losses.needs_teacher_graph and torch.is_grad_enabled()
+        with torch.set_grad_enabled(needs_graph), self.teacher_taps.grad_leaves(needs_graph):
+            logits = self.teacher(images)
+        features = self.teacher_taps.as_dict()
+        graph = {"logits": logits, **features} if logits.requires_grad else None
+        return logits.detach(), {path: f.detach() for path, f in features.items()}, graph
+
     def _distill_batch(self, batch: dict[str, torch.Tensor]) -> DistillBatch:
         images = batch["image"].contiguous(memory_format=self.memory_format)
-        teacher_logits, teacher_features, teacher_graph = batch.get(TEACHER_LOGITS), {}, None
-        if self.teacher is not None and (teacher_logits is None or self.teacher_taps.paths or self.losses.needs_teacher_graph):
-            # Under grad, the taps turn the teacher's tapped outputs into grad leaves: the graph
-            # runs from those layers to the logits only (parameters stay frozen).
-            needs_graph = self.losses.needs_teacher_graph and torch.is_grad_enabled()
-            with torch.set_grad_enabled(needs_graph), self.teacher_taps.grad_leaves(needs_graph):
-                attached = self.teacher(images)
-            attached_features = self.teacher_taps.as_dict()
-            if attached.requires_grad:
-                teacher_graph = {"logits": attached, **attached_features}
-            teacher_logits = attached.detach()
-            teacher_features = {path: f.detach() for path, f in attached_features.items()}
+        teacher_logits, teacher_features, teacher_graph = self._teacher_outputs(images, batch.get(TEACHER_LOGITS))
         student_logits = self.model(images)
         return DistillBatch(
             images,
