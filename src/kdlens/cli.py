@@ -25,6 +25,7 @@ app = typer.Typer(
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="key.sub=value overrides, e.g. recipe.epochs=5")]
 ConfigPath = Annotated[Path, typer.Argument(help="experiment YAML file")]
 Resume = Annotated[bool, typer.Option("--resume", help="continue the run in output_dir from its last checkpoint")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="validate the config and print the resolved plan; no data, no training")]
 
 
 def _user_errors(command):
@@ -69,7 +70,29 @@ def _checkpoints_and_data(checkpoints: list[Path], data: str | None, options: li
     return loaded, bundle, data_config
 
 
-def _run(config: ExperimentConfig, resume: bool) -> None:
+def _plan(config: ExperimentConfig) -> str:
+    """What a run of ``config`` would do, from the config alone (no data is read)."""
+    from kdlens.config import dump_config
+
+    teacher = f"{config.teacher.name} from {config.teacher.checkpoint}" if config.teacher else "none"
+    terms = " + ".join(f"{term.weight:g}·{term.name}" for term in config.losses)
+    schedule = config.recipe.schedule
+    lines = [
+        f"plan for '{config.name}' -> {config.run_dir}",
+        f"  data: {config.data.name}, batch {config.data.batch_size} per process × {config.trainer.devices} device(s) × {config.trainer.num_nodes} node(s)",
+        f"  model: {config.model.name}; teacher: {teacher}",
+        f"  loss: {terms}",
+        f"  recipe: {config.recipe.epochs} epochs, {config.recipe.optimizer.name} lr {config.recipe.optimizer.lr:g}, {schedule.name} schedule",
+        "resolved config:",
+        dump_config(config),
+    ]
+    return "\n".join(lines)
+
+
+def _run(config: ExperimentConfig, resume: bool, dry_run: bool = False) -> None:
+    if dry_run:
+        typer.echo(_plan(config))
+        return
     from kdlens.training.run import run_experiment
 
     result = run_experiment(config, resume=resume)
@@ -85,22 +108,22 @@ def _run(config: ExperimentConfig, resume: bool) -> None:
 
 @app.command()
 @_user_errors
-def train(config: ConfigPath, overrides: Overrides = None, resume: Resume = False) -> None:
+def train(config: ConfigPath, overrides: Overrides = None, resume: Resume = False, dry_run: DryRun = False) -> None:
     """Train a model (e.g. a teacher) with its loss terms, without a teacher."""
     experiment = load_config(config, overrides or [])
     if experiment.teacher is not None:
         raise ConfigError("this config has a teacher: use `kdlens distill` for it")
-    _run(experiment, resume)
+    _run(experiment, resume, dry_run)
 
 
 @app.command()
 @_user_errors
-def distill(config: ConfigPath, overrides: Overrides = None, resume: Resume = False) -> None:
+def distill(config: ConfigPath, overrides: Overrides = None, resume: Resume = False, dry_run: DryRun = False) -> None:
     """Distil a student from the config's teacher."""
     experiment = load_config(config, overrides or [])
     if experiment.teacher is None:
         raise ConfigError("this config has no teacher: add a 'teacher' section, or use `kdlens train`")
-    _run(experiment, resume)
+    _run(experiment, resume, dry_run)
 
 
 @app.command()
