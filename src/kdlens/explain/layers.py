@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.fx as fx
@@ -177,24 +177,23 @@ def _cut(model: nn.Module, graph: fx.Graph, layer: str) -> tuple[fx.GraphModule,
     return fx.GraphModule(model, prefix_graph), fx.GraphModule(model, rest_graph)
 
 
-def _descendants(node: fx.Node) -> set[fx.Node]:
+def _reachable(start: list[fx.Node], neighbours: Callable[[fx.Node], Iterable[fx.Node]]) -> set[fx.Node]:
+    """Every node reached from ``start`` by following ``neighbours`` (``start`` itself only if reached)."""
     found: set[fx.Node] = set()
-    stack = list(node.users)
+    stack = [n for node in start for n in neighbours(node)]
     while stack:
         current = stack.pop()
         if current not in found:
             found.add(current)
-            stack.extend(current.users)
+            stack.extend(neighbours(current))
     return found
+
+
+def _descendants(node: fx.Node) -> set[fx.Node]:
+    return _reachable([node], lambda n: n.users)
 
 
 def _ancestors(nodes: list[fx.Node]) -> set[fx.Node]:
-    found: set[fx.Node] = set()
-    stack = list(nodes)
-    while stack:
-        current = stack.pop()
-        if current not in found:
-            found.add(current)
-            stack.extend(current.all_input_nodes)
-    return found
+    """The nodes themselves and everything they are computed from."""
+    return _reachable(nodes, lambda n: n.all_input_nodes) | set(nodes)
 
