@@ -37,11 +37,14 @@ $(VENV)/.installed-bench: $(VENV)/.torch pyproject.toml
 	$(BIN)/pip install --quiet -e '.[bench]'
 	touch $@
 
-# Regenerates docs/BENCHMARKS.md (takes several minutes on 2 CPU cores).
+# Regenerates docs/BENCHMARKS.md: the speed tables (several minutes on 2 CPU cores) and the result
+# tables (about 75 minutes; trained runs and teachers are kept in runs/benchmarks/ and reused).
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/explainers.py
 	$(BIN)/python benchmarks/metrics.py
+	$(BIN)/python benchmarks/tables.py configs/benchmarks/fashion_mnist.yaml
+	$(BIN)/python benchmarks/tables.py configs/benchmarks/shortcut.yaml
 	$(BIN)/python benchmarks/collect.py
 
 clean:

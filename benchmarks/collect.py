@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-PARTS = ["training.md", "explainers.md", "metrics.md"]
+PARTS = ["fashion_mnist.md", "shortcut.md", "training.md", "explainers.md", "metrics.md"]
 
 
 def _as_section(part: str) -> str:
@@ -25,7 +25,8 @@ def main() -> None:
     header = [
         "# Benchmarks",
         "",
-        "Speed of kdlens against the reference implementations, measured in the same run on the same",
+        "Results on real data (the Fashion-MNIST method table, the shortcut table on `shapes`), then the",
+        "speed of kdlens against the reference implementations, measured in the same run on the same",
         "inputs, as ratios (the absolute numbers depend on the machine). Regenerate with `make bench`.",
         "",
         f"Assembled {date.today()} on {platform.machine()}, {torch.get_num_threads()} torch threads, "

@@ -82,7 +82,7 @@ def contributions(model: BcosResNet, images: torch.Tensor, classes: torch.Tensor
     return (weights * encoded).sum(dim=(1, 2, 3)), logits.detach()
 
 
-@pytest.mark.parametrize("name", ["bcos_resnet20", "bcos_resnet8x4"])
+@pytest.mark.parametrize("name", ["bcos_resnet8", "bcos_resnet20", "bcos_resnet8x4"])
 def test_explanation_mode_contributions_sum_to_the_logit(name):
     model = create_model(name, num_classes=5).eval()
     model.set_input_normalization([0.5, 0.4, 0.3], [0.2, 0.25, 0.5])

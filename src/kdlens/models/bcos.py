@@ -223,7 +223,7 @@ def _make_stage(in_channels: int, out_channels: int, num_blocks: int, stride: in
     return nn.Sequential(*blocks)
 
 
-for _base in ("resnet20", "resnet56", "resnet8x4", "resnet32x4"):
+for _base in ("resnet8", "resnet20", "resnet56", "resnet8x4", "resnet32x4"):
     _depth, _widths = cifar_resnet._VARIANTS[_base]
     register_model(
         f"bcos_{_base}",

@@ -1,0 +1,277 @@
+"""Result tables on real data, from a table spec in configs/benchmarks/ (e.g. fashion_mnist.yaml,
+shortcut.yaml): train the spec's teachers once (cached), then every row × seed (finished runs are
+skipped, interrupted ones resumed), evaluate every checkpoint on the students' data, and write the
+table with mean ± std over seeds to docs/benchmarks/<part>.
+
+    python benchmarks/tables.py configs/benchmarks/fashion_mnist.yaml [--seeds N]
+
+A spec holds ``teachers`` (name → experiment config), ``student`` (the config every row starts
+from), and ``rows``: each a ``row`` title, optionally a ``teacher`` (a name from ``teachers``)
+and an ``explainer``, and config sections that replace the student's (``losses``, ``model``,
+``recipe`` ...). ``columns`` picks the table's columns from :data:`COLUMN_NOTES`, and the
+explanation metrics in ``metrics`` (registry names) are columns too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch.utils.data import DataLoader, Subset
+
+from kdlens.config import validate_config, validate_data_config
+from kdlens.data import build_data
+from kdlens.explain import explain
+from kdlens.io import atomic_write_text, write_json
+from kdlens.metrics import attribution_cosine, create_metrics, evaluate_metrics, expected_calibration_error
+from kdlens.metrics.classification import classification_report
+from kdlens.metrics.evaluate import predict_splits
+from kdlens.report.runs import format_mean_std
+from kdlens.training.checkpoints import load_model
+from kdlens.training.run import run_experiment
+from kdlens.training.sweep import markdown_table, plan_sweep, run_sweep
+
+COLUMN_NOTES = {
+    "best top-1": "test top-1 of the checkpoint with the best validation top-1",
+    "last top-1": "test top-1 after the last epoch (for a teacher: on its own training data)",
+    "in-distribution top-1": "test top-1 where the background agrees with the class at the training rate",
+    "shifted top-1": "top-1 where background and class are independent",
+    "worst-group": "lowest top-1 over the (class × background) groups of the shifted split",
+    "agreement": "fraction of test images where student and teacher predict the same class",
+    "KL(t‖s)": "KL(teacher ‖ student) of the softmax outputs, mean over the test images",
+    "ECE": "expected calibration error, 10 bins, test split",
+    "explanation cosine": "cosine of the student's and teacher's maps of the teacher's top-1 class",
+}
+ALIASES = {"in-distribution top-1": "best top-1"}
+"""Columns that are another column under a name that reads better in their table."""
+EVALUATION_FILE = "table_evaluation.json"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text.replace("²", "2")).strip("_").lower()
+
+
+def read_spec(path: Path, seeds: int | None) -> dict[str, Any]:
+    spec = yaml.safe_load(path.read_text())
+    spec["seeds"] = seeds or spec["seeds"]
+    spec["source"] = str(path)
+    unknown = [c for c in spec["columns"] if c not in COLUMN_NOTES and c not in spec["metrics"]]
+    if unknown:
+        raise SystemExit(f"{path}: unknown columns {unknown}; choose from {[*COLUMN_NOTES, *spec['metrics']]}")
+    return spec
+
+
+class Timings:
+    """Training seconds per run folder, kept beside the runs so a resumed table still knows them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seconds: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+
+    def train(self, config, resume: bool) -> dict:
+        started = time.perf_counter()
+        results = run_experiment(config, resume=resume).results
+        key = str(config.run_dir)
+        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - started
+        write_json(self.path, self.seconds)
+        return results
+
+
+def train_teachers(spec: dict[str, Any], out: Path, timings: Timings) -> dict[str, Path]:
+    checkpoints = {}
+    for name, raw in spec["teachers"].items():
+        config = validate_config({**raw, "name": f"teacher_{name}", "output_dir": str(out / "teachers" / name)})
+        if (config.run_dir / "results.json").exists():
+            print(f"teacher {name}: cached in {config.run_dir}")
+        else:
+            timings.train(config, (config.run_dir / "checkpoints" / "last.ckpt").exists())
+        checkpoints[name] = config.run_dir / "checkpoints" / "best.ckpt"
+    return checkpoints
+
+
+def row_config(spec: dict[str, Any], row: dict[str, Any], teachers: dict[str, Path]) -> dict[str, Any]:
+    sections = {k: v for k, v in row.items() if k not in ("row", "teacher", "explainer")}
+    raw = {**json.loads(json.dumps(spec["student"])), **sections, "name": slug(row["row"])}
+    if "teacher" in row:
+        checkpoint = teachers[row["teacher"]]
+        raw["teacher"] = {"name": spec["teachers"][row["teacher"]]["model"]["name"], "checkpoint": str(checkpoint)}
+    return raw
+
+
+class Evaluator:
+    """Evaluates checkpoints on the students' test (and extra) splits; the teacher's predictions
+    are computed once per teacher."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.data_config = validate_data_config({**spec["student"]["data"], "augment": False})
+        self.bundle = build_data(self.data_config)
+        n = min(spec["explain_n"], len(self.bundle.test))
+        batch = next(iter(DataLoader(Subset(self.bundle.test, range(n)), batch_size=n)))
+        self.images, self.masks = batch["image"], batch.get("mask")
+        self.metrics = create_metrics(spec["metrics"])
+        self._teachers: dict[Path, tuple] = {}
+
+    def teacher(self, checkpoint: Path, explainer: str) -> tuple:
+        """(model, test-split predictions, top-1 on the explained images, its maps of that class)."""
+        if checkpoint not in self._teachers:
+            model, _ = load_model(checkpoint)
+            with torch.no_grad():
+                top1 = model(self.images).argmax(1)
+            maps = explain(model, self.images, top1, explainer).detach()
+            self._teachers[checkpoint] = (model, predict_splits(model, self.bundle, self.data_config), top1, maps)
+        return self._teachers[checkpoint]
+
+    def evaluate(self, checkpoint: Path, explainer: str, teacher: tuple | None, last_top1: float | None) -> dict[str, float]:
+        started = time.perf_counter()
+        model, _ = load_model(checkpoint)
+        predictions = predict_splits(model, self.bundle, self.data_config)
+        reports = {
+            split: classification_report(p, teacher[1][split] if teacher else None, self.bundle.group_names)
+            for split, p in predictions.items()
+        }
+        test = reports["test"]
+        result = {
+            "best top-1": test["top1"],
+            "last top-1": last_top1,
+            "agreement": test.get("agreement"),
+            "KL(t‖s)": test.get("kl_teacher_student"),
+            "ECE": expected_calibration_error(predictions["test"].logits, predictions["test"].labels, 10),
+        }
+        if "shifted" in reports:
+            result |= {"shifted top-1": reports["shifted"]["top1"], "worst-group": reports["shifted"]["worst_group_accuracy"]}
+        with torch.no_grad():
+            predicted = model(self.images).argmax(1)
+        maps = explain(model, self.images, predicted, explainer).detach()
+        scores = evaluate_metrics(self.metrics, model, self.images, predicted, maps, self.masks)
+        result |= {name: _nanmean(values) for name, values in scores.items()}
+        if teacher:
+            student_maps = explain(model, self.images, teacher[2], explainer).detach()
+            result["explanation cosine"] = _nanmean(attribution_cosine(teacher[3], student_maps))
+        result["evaluation seconds"] = time.perf_counter() - started
+        return result
+
+
+def _nanmean(values: torch.Tensor) -> float:
+    values = values.double()
+    values = values[~values.isnan()]
+    return values.mean().item() if len(values) else float("nan")
+
+
+def cached_evaluation(run_dir: Path, settings: dict, evaluate) -> dict[str, float]:
+    """The run's evaluation under these settings, computed once and kept in the run folder."""
+    path = run_dir / EVALUATION_FILE
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored["settings"] == settings:
+            return stored["result"]
+    result = evaluate()
+    write_json(path, {"settings": settings, "result": result})
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("spec", type=Path)
+    parser.add_argument("--seeds", type=int, help="seeds per row (default: the spec's)")
+    args = parser.parse_args(argv)
+    spec = read_spec(args.spec, args.seeds)
+    out = Path(spec["output_dir"])
+    timings = Timings(out / "timings.json")
+    started = time.perf_counter()
+
+    teachers = train_teachers(spec, out, timings)
+    row_runs = []
+    for row in spec["rows"]:
+        row_dir = out / slug(row["row"])
+        runs = plan_sweep(row_config(spec, row, teachers), [], spec["seeds"], row_dir)
+        run_sweep(runs, row_dir, timings.train)
+        row_runs.append((row, runs))
+
+    evaluator = Evaluator(spec)
+    settings = {k: spec[k] for k in ("student", "explain_n", "metrics")}
+    table = []
+    for name, checkpoint in teachers.items():
+        explainer = teacher_explainer(spec, name)
+        run_dir = checkpoint.parent.parent
+        last = json.loads((run_dir / "results.json").read_text())["last"]["test"]["top1"]
+        result = cached_evaluation(run_dir, {**settings, "explainer": explainer},
+                                   lambda: evaluator.evaluate(checkpoint, explainer, None, last))
+        table.append(table_row(f"teacher ({name})", explainer, [result], spec, [str(run_dir)], timings))
+    for row, runs in row_runs:
+        explainer = row.get("explainer", spec["explainer"])
+        teacher = evaluator.teacher(teachers[row["teacher"]], teacher_explainer(spec, row["teacher"])) if "teacher" in row else None
+        results = []
+        for run in runs:
+            last = json.loads((run.config.run_dir / "results.json").read_text())["last"]["test"]["top1"]
+            checkpoint = run.config.run_dir / "checkpoints" / "best.ckpt"
+            results.append(cached_evaluation(run.config.run_dir, {**settings, "explainer": explainer, "teacher": row.get("teacher")},
+                                             lambda: evaluator.evaluate(checkpoint, explainer, teacher, last)))
+        table.append(table_row(row["row"], explainer, results, spec, [str(r.config.run_dir) for r in runs], timings))
+    mask_share = None if evaluator.masks is None else evaluator.masks.float().mean().item()
+    write_part(spec, table, time.perf_counter() - started, mask_share)
+
+
+def teacher_explainer(spec: dict[str, Any], name: str) -> str:
+    return spec.get("teacher_explainers", {}).get(name, spec["explainer"])
+
+
+def table_row(title: str, explainer: str, results: list[dict], spec: dict[str, Any], run_dirs: list[str], timings: Timings) -> dict:
+    row = {"row": title, "seeds": len(results), "explainer": explainer}
+    for column in spec["columns"]:
+        values = [r.get(ALIASES.get(column, column)) for r in results]
+        row[column] = format_mean_std([v for v in values if v is not None], digits=4)
+    row["_train_seconds"] = sum(timings.seconds.get(d, 0.0) for d in run_dirs)
+    row["_evaluation_seconds"] = sum(r["evaluation seconds"] for r in results)
+    return row
+
+
+def write_part(spec: dict[str, Any], table: list[dict], wall_seconds: float, mask_share: float | None) -> None:
+    train_minutes = sum(r.pop("_train_seconds") for r in table) / 60
+    evaluation_minutes = sum(r.pop("_evaluation_seconds") for r in table) / 60
+    if len({r["explainer"] for r in table}) == 1:  # one explainer for all: said once, below the table
+        for r in table:
+            del r["explainer"]
+    notes = [f"- {c}: {COLUMN_NOTES[c] if c in COLUMN_NOTES else metric_note(c)}" for c in spec["columns"]]
+    if mask_share is not None:
+        notes.append(f"- The masks cover {mask_share:.1%} of the explained images: the mass a map spread "
+                     "evenly would put inside them (the chance level of energy_pointing_game).")
+    text = "\n".join([
+        f"# {spec['title']}",
+        "",
+        spec["description"],
+        "",
+        f"Spec: `{spec['source']}`; regenerate with `python benchmarks/tables.py {spec['source']}`. "
+        f"Mean ± sample std over {spec['seeds']} seeds (a teacher is one run). Explanations "
+        f"({spec['explainer']} unless a row names another): first {spec['explain_n']} test images.",
+        "",
+        markdown_table(table),
+        "",
+        *notes,
+        "",
+        f"Measured {date.today()} on {platform.machine()} ({torch.get_num_threads()} torch threads, torch "
+        f"{torch.__version__}). Took {train_minutes:.1f} min of training (summed over the runs as each ran) and "
+        f"{evaluation_minutes:.1f} min of evaluation; this invocation {wall_seconds / 60:.1f} min.",
+    ])
+    path = Path("docs/benchmarks") / spec["part"]
+    atomic_write_text(path, text + "\n")
+    print(text)
+    print(f"wrote {path}")
+
+
+def metric_note(name: str) -> str:
+    metric = create_metrics([name])[name]
+    better = "higher" if metric.higher_is_better else "lower"
+    return f"`{name}` of the model's explanation of its own top-1 class ({better} is better)"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""benchmarks/tables.py: the committed table specs resolve to valid runs, and a tiny table trains,
+evaluates, aggregates over seeds and, run again, reuses everything it already has."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdlens.config import validate_config
+
+ROOT = Path(__file__).parent.parent
+SPECS = sorted((ROOT / "configs" / "benchmarks").glob("*.yaml"))
+
+
+def _load_tables():
+    spec = importlib.util.spec_from_file_location("benchmark_tables", ROOT / "benchmarks" / "tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tables = _load_tables()
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_every_committed_table_spec_resolves_to_valid_configs(path, tmp_path):
+    spec = tables.read_spec(path, None)
+    assert spec["seeds"] >= 3
+    teachers = {name: tmp_path / name / "best.ckpt" for name in spec["teachers"]}
+    for name, raw in spec["teachers"].items():
+        validate_config({**raw, "name": name, "output_dir": str(tmp_path / name)})
+    for row in spec["rows"]:
+        config = validate_config({**tables.row_config(spec, row, teachers), "output_dir": str(tmp_path)})
+        assert (config.teacher is None) == ("teacher" not in row), row["row"]
+
+
+def test_the_fashion_mnist_table_has_every_method():
+    spec = tables.read_spec(ROOT / "configs" / "benchmarks" / "fashion_mnist.yaml", None)
+    methods = {term["name"] for row in spec["rows"] for term in row["losses"]}
+    assert {"kd", "dkd", "fitnet", "at", "sp", "feature_matching", "expkd", "e2kd", "oracle_kd"} <= methods
+    assert spec["student"]["data"]["name"] == "fashion_mnist"
+
+
+def test_an_unknown_column_is_refused_with_the_choices(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"seeds": 3, "metrics": ["deletion"], "columns": ["best top-1", "accuracy"]}))
+    with pytest.raises(SystemExit, match=r"unknown columns \['accuracy'\].*best top-1"):
+        tables.read_spec(path, None)
+
+
+def tiny_spec(tmp_path: Path) -> Path:
+    data = {"name": "shapes", "num_classes": 3, "image_size": 16, "train_size": 96, "test_size": 48, "batch_size": 32}
+    recipe = {"epochs": 1, "optimizer": {"name": "adam", "lr": 0.003}, "schedule": {"name": "cosine", "warmup_epochs": 0}}
+    trainer = {"progress_bar": False, "log_every_n_steps": 1}
+    spec = {
+        "title": "Tiny table", "description": "A test.", "output_dir": str(tmp_path / "runs"), "part": "tiny.md",
+        "seeds": 2, "explain_n": 16, "explainer": "gradcam", "metrics": ["energy_pointing_game"],
+        "columns": ["in-distribution top-1", "shifted top-1", "agreement", "explanation cosine", "energy_pointing_game"],
+        "teachers": {"resnet8": {"data": data, "model": {"name": "resnet8"}, "recipe": recipe, "trainer": trainer}},
+        "student": {"data": {**data, "shortcut": 0.9}, "model": {"name": "resnet8"}, "recipe": recipe, "trainer": trainer},
+        "rows": [
+            {"row": "scratch", "losses": [{"name": "ce"}]},
+            {"row": "KD", "teacher": "resnet8", "losses": [{"name": "kd", "temperature": 4.0}]},
+        ],
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_a_tiny_table_is_trained_evaluated_and_then_reused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec_path = tiny_spec(tmp_path)
+    tables.main([str(spec_path)])
+
+    part = (tmp_path / "docs" / "benchmarks" / "tiny.md").read_text()
+    lines = {line.split(" | ")[0].strip("| "): line for line in part.splitlines() if line.startswith("| ")}
+    assert set(lines) >= {"teacher (resnet8)", "scratch", "KD"}
+    assert lines["KD"].count("±") == 5  # every column aggregated over the two seeds
+    assert " | 2 | " in lines["scratch"] and " | 1 | " in lines["teacher (resnet8)"]
+    assert "–" in lines["scratch"]  # no agreement or explanation cosine without a teacher
+    assert "chance level of energy_pointing_game" in part and "min of training" in part
+    runs = tmp_path / "runs"
+    timings = json.loads((runs / "timings.json").read_text())
+    assert len(timings) == 1 + 2 * 2  # the teacher and two rows × two seeds, each trained once
+    kd_seed0 = json.loads((runs / "kd" / "base" / "seed0" / tables.EVALUATION_FILE).read_text())["result"]
+    assert 0.0 <= kd_seed0["agreement"] <= 1.0 and -1.0 <= kd_seed0["explanation cosine"] <= 1.0
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished run or evaluation was repeated")
+
+    monkeypatch.setattr(tables, "run_experiment", must_not_run)
+    monkeypatch.setattr(tables.Evaluator, "evaluate", must_not_run)
+    tables.main([str(spec_path)])
+    assert (tmp_path / "docs" / "benchmarks" / "tiny.md").read_text().split("Measured")[0] == part.split("Measured")[0]
