@@ -34,6 +34,7 @@ from kdlens.io import atomic_write_text, write_json
 from kdlens.metrics import attribution_cosine, create_metrics, evaluate_metrics, expected_calibration_error
 from kdlens.metrics.classification import classification_report
 from kdlens.metrics.evaluate import predict_splits
+from kdlens.report.analysis import nanmean
 from kdlens.report.runs import format_mean_std
 from kdlens.training.checkpoints import load_model
 from kdlens.training.run import run_experiment
@@ -152,18 +153,12 @@ class Evaluator:
             predicted = model(self.images).argmax(1)
         maps = explain(model, self.images, predicted, explainer).detach()
         scores = evaluate_metrics(self.metrics, model, self.images, predicted, maps, self.masks)
-        result |= {name: _nanmean(values) for name, values in scores.items()}
+        result |= {name: nanmean(values) for name, values in scores.items()}
         if teacher:
             student_maps = explain(model, self.images, teacher[2], explainer).detach()
-            result["explanation cosine"] = _nanmean(attribution_cosine(teacher[3], student_maps))
+            result["explanation cosine"] = nanmean(attribution_cosine(teacher[3], student_maps))
         result["evaluation seconds"] = time.perf_counter() - started
         return result
-
-
-def _nanmean(values: torch.Tensor) -> float:
-    values = values.double()
-    values = values[~values.isnan()]
-    return values.mean().item() if len(values) else float("nan")
 
 
 def cached_evaluation(run_dir: Path, settings: dict, evaluate) -> dict[str, float]:

@@ -131,15 +131,16 @@ def localisation_scores(model: nn.Module, images: Tensor, targets: Tensor, maps:
     scores = {}
     for name, metric in LOCALISATION_METRICS.items():
         values = metric()(model, images, targets, maps, masks.bool())
-        scores[name] = _nanmean(values)
+        scores[name] = nanmean(values)
     return scores
 
 
 def agreement_scores(teacher_maps: Tensor, student_maps: Tensor) -> dict[str, float]:
-    return {name: _nanmean(values) for name, values in explanation_agreement(teacher_maps, student_maps).items()}
+    return {name: nanmean(values) for name, values in explanation_agreement(teacher_maps, student_maps).items()}
 
 
-def _nanmean(values: Tensor) -> float:
+def nanmean(values: Tensor) -> float:
+    """Mean over the values that are not NaN (NaN if there are none), as a float."""
     values = values.double()
     finite = values[~values.isnan()]
     return finite.mean().item() if len(finite) else math.nan
