@@ -54,6 +54,9 @@ COLUMN_NOTES = {
 ALIASES = {"in-distribution top-1": "best top-1"}
 """Columns that are another column under a name that reads better in their table."""
 EVALUATION_FILE = "table_evaluation.json"
+SPEC_KEYS = {"title", "description", "output_dir", "part", "seeds", "explain_n", "explainer", "metrics", "columns",
+             "teachers", "student", "rows"}
+OPTIONAL_SPEC_KEYS = {"teacher_explainers"}
 
 
 def slug(text: str) -> str:
@@ -62,6 +65,10 @@ def slug(text: str) -> str:
 
 def read_spec(path: Path, seeds: int | None) -> dict[str, Any]:
     spec = yaml.safe_load(path.read_text())
+    missing, unknown = SPEC_KEYS - spec.keys(), spec.keys() - SPEC_KEYS - OPTIONAL_SPEC_KEYS
+    if missing or unknown:
+        raise SystemExit(f"{path}: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}; a table spec has "
+                         f"{sorted(SPEC_KEYS)} and optionally {sorted(OPTIONAL_SPEC_KEYS)}")
     spec["seeds"] = seeds or spec["seeds"]
     spec["source"] = str(path)
     unknown = [c for c in spec["columns"] if c not in COLUMN_NOTES and c not in spec["metrics"]]
@@ -112,7 +119,6 @@ class Evaluator:
     are computed once per teacher."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
-        self.spec = spec
         self.data_config = validate_data_config({**spec["student"]["data"], "augment": False})
         self.bundle = build_data(self.data_config)
         n = min(spec["explain_n"], len(self.bundle.test))

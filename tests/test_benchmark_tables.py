@@ -43,10 +43,14 @@ def test_the_fashion_mnist_table_has_every_method():
     assert spec["student"]["data"]["name"] == "fashion_mnist"
 
 
-def test_an_unknown_column_is_refused_with_the_choices(tmp_path):
+def test_an_unknown_column_or_key_is_refused_with_the_choices(tmp_path):
+    spec = yaml.safe_load(tiny_spec(tmp_path).read_text())
     path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump({"seeds": 3, "metrics": ["deletion"], "columns": ["best top-1", "accuracy"]}))
+    path.write_text(yaml.safe_dump({**spec, "columns": ["best top-1", "accuracy"]}))
     with pytest.raises(SystemExit, match=r"unknown columns \['accuracy'\].*best top-1"):
+        tables.read_spec(path, None)
+    path.write_text(yaml.safe_dump({**spec, "epochs": 3}))
+    with pytest.raises(SystemExit, match=r"unknown keys \['epochs'\]; a table spec has"):
         tables.read_spec(path, None)
 
 
