@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
 
     evaluator = Evaluator(spec)
     settings = {k: spec[k] for k in ("student", "explain_n", "metrics")}
-    table = []
+    table, warnings = [], []
     for name, checkpoint in teachers.items():
         explainer = teacher_explainer(spec, name)
         run_dir = checkpoint.parent.parent
@@ -207,6 +207,10 @@ def main(argv: list[str] | None = None) -> None:
         result = cached_evaluation(run_dir, {**settings, "explainer": explainer},
                                    lambda: evaluator.evaluate(checkpoint, explainer, None, last))
         table.append(table_row(f"teacher ({name})", explainer, [result], spec, [str(run_dir)], timings))
+        chance = 1 / evaluator.bundle.num_classes
+        if result["best top-1"] < 1.5 * chance:  # a teacher this weak makes its students' rows meaningless
+            warnings.append(f"**Teacher {name} did not learn** (test top-1 {result['best top-1']:.3f}, chance "
+                            f"{chance:.3f}): the rows distilled from it say nothing about their method.")
     for row, runs in row_runs:
         explainer = row.get("explainer", spec["explainer"])
         teacher = evaluator.teacher(teachers[row["teacher"]], teacher_explainer(spec, row["teacher"])) if "teacher" in row else None
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
                                              lambda: evaluator.evaluate(checkpoint, explainer, teacher, last)))
         table.append(table_row(row["row"], explainer, results, spec, [str(r.config.run_dir) for r in runs], timings))
     mask_share = None if evaluator.masks is None else evaluator.masks.float().mean().item()
-    write_part(spec, table, time.perf_counter() - started, mask_share)
+    write_part(spec, table, warnings, time.perf_counter() - started, mask_share)
 
 
 def teacher_explainer(spec: dict[str, Any], name: str) -> str:
@@ -235,7 +239,7 @@ def table_row(title: str, explainer: str, results: list[dict], spec: dict[str, A
     return row
 
 
-def write_part(spec: dict[str, Any], table: list[dict], wall_seconds: float, mask_share: float | None) -> None:
+def write_part(spec: dict[str, Any], table: list[dict], warnings: list[str], wall_seconds: float, mask_share: float | None) -> None:
     train_minutes = sum(r.pop("_train_seconds") for r in table) / 60
     evaluation_minutes = sum(r.pop("_evaluation_seconds") for r in table) / 60
     if len({r["explainer"] for r in table}) == 1:  # one explainer for all: said once, below the table
@@ -256,6 +260,7 @@ def write_part(spec: dict[str, Any], table: list[dict], wall_seconds: float, mas
         "",
         markdown_table(table),
         "",
+        *(f"{warning}\n" for warning in warnings),
         *notes,
         "",
         f"Measured {date.today()} on {platform.machine()} ({torch.get_num_threads()} torch threads, torch "

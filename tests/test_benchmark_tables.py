@@ -89,6 +89,8 @@ def test_a_tiny_table_is_trained_evaluated_and_then_reused(tmp_path, monkeypatch
     runs = tmp_path / "runs"
     timings = json.loads((runs / "timings.json").read_text())
     assert len(timings) == 1 + 2 * 2  # the teacher and two rows × two seeds, each trained once
+    teacher_top1 = json.loads((runs / "teachers" / "resnet8" / tables.EVALUATION_FILE).read_text())["result"]["best top-1"]
+    assert ("Teacher resnet8 did not learn" in part) == (teacher_top1 < 1.5 / 3)
     kd_seed0 = json.loads((runs / "kd" / "base" / "seed0" / tables.EVALUATION_FILE).read_text())["result"]
     assert 0.0 <= kd_seed0["agreement"] <= 1.0 and -1.0 <= kd_seed0["explanation cosine"] <= 1.0
 
