@@ -37,7 +37,7 @@ EXPECTED_MODELS = {
     "resnet50",
     "mobilenet_v2",
     "mobilenet_v3_small",
-    *(f"bcos_{base}" for base in ("resnet20", "resnet56", "resnet8x4", "resnet32x4")),
+    *(f"bcos_{base}" for base in ("resnet8", "resnet20", "resnet56", "resnet8x4", "resnet32x4")),
 }
 
 # Millions of parameters with a 100-class head, as published for the CIFAR-100 benchmarks.
