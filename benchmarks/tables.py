@@ -167,6 +167,11 @@ class Evaluator:
         return result
 
 
+def last_top1(run_dir: Path) -> float:
+    """Test top-1 after the run's last epoch, from its results.json."""
+    return json.loads((run_dir / "results.json").read_text())["last"]["test"]["top1"]
+
+
 def cached_evaluation(run_dir: Path, settings: dict, evaluate) -> dict[str, float]:
     """The run's evaluation under these settings, computed once and kept in the run folder."""
     path = run_dir / EVALUATION_FILE
@@ -203,9 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, checkpoint in teachers.items():
         explainer = teacher_explainer(spec, name)
         run_dir = checkpoint.parent.parent
-        last = json.loads((run_dir / "results.json").read_text())["last"]["test"]["top1"]
         result = cached_evaluation(run_dir, {**settings, "explainer": explainer},
-                                   lambda: evaluator.evaluate(checkpoint, explainer, None, last))
+                                   lambda: evaluator.evaluate(checkpoint, explainer, None, last_top1(run_dir)))
         table.append(table_row(f"teacher ({name})", explainer, [result], spec, [str(run_dir)], timings))
         chance = 1 / evaluator.bundle.num_classes
         if result["best top-1"] < 1.5 * chance:  # a teacher this weak makes its students' rows meaningless
@@ -213,13 +217,17 @@ def main(argv: list[str] | None = None) -> None:
                             f"{chance:.3f}): the rows distilled from it say nothing about their method.")
     for row, runs in row_runs:
         explainer = row.get("explainer", spec["explainer"])
-        teacher = evaluator.teacher(teachers[row["teacher"]], teacher_explainer(spec, row["teacher"])) if "teacher" in row else None
-        results = []
-        for run in runs:
-            last = json.loads((run.config.run_dir / "results.json").read_text())["last"]["test"]["top1"]
-            checkpoint = run.config.run_dir / "checkpoints" / "best.ckpt"
-            results.append(cached_evaluation(run.config.run_dir, {**settings, "explainer": explainer, "teacher": row.get("teacher")},
-                                             lambda: evaluator.evaluate(checkpoint, explainer, teacher, last)))
+
+        def evaluate(run_dir: Path, row: dict = row, explainer: str = explainer) -> dict[str, float]:
+            # The teacher's outputs are computed (once) only when a run of its rows is not evaluated yet.
+            teacher = evaluator.teacher(teachers[row["teacher"]], teacher_explainer(spec, row["teacher"])) if "teacher" in row else None
+            return evaluator.evaluate(run_dir / "checkpoints" / "best.ckpt", explainer, teacher, last_top1(run_dir))
+
+        results = [
+            cached_evaluation(run.config.run_dir, {**settings, "explainer": explainer, "teacher": row.get("teacher")},
+                              lambda run_dir=run.config.run_dir: evaluate(run_dir))
+            for run in runs
+        ]
         table.append(table_row(row["row"], explainer, results, spec, [str(r.config.run_dir) for r in runs], timings))
     mask_share = None if evaluator.masks is None else evaluator.masks.float().mean().item()
     write_part(spec, table, warnings, time.perf_counter() - started, mask_share)
