@@ -36,7 +36,7 @@ from kdlens.metrics.classification import classification_report
 from kdlens.metrics.evaluate import predict_splits
 from kdlens.report.analysis import nanmean
 from kdlens.report.runs import format_mean_std
-from kdlens.training.checkpoints import load_model
+from kdlens.runs.checkpoints import load_model
 from kdlens.training.run import run_experiment
 from kdlens.training.sweep import markdown_table, plan_sweep, run_sweep
 

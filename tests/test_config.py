@@ -64,7 +64,7 @@ def test_distillation_term_without_teacher_and_teacher_without_term():
         validate_config(with_(losses=[{"name": "kd"}]))
     with pytest.raises(ConfigError, match="no loss term uses it"):
         validate_config(with_(teacher={"name": "resnet20", "checkpoint": "t.ckpt"}))
-    with pytest.raises(ConfigError, match="teacher.checkpoint is required"):
+    with pytest.raises(ConfigError, match="teacher.checkpoint or teacher.weights is required"):
         validate_config(with_(teacher={"name": "resnet20"}, losses=[{"name": "kd"}]))
 
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from kdlens.cli import app
 from kdlens.config import validate_config
 from kdlens.models import create_model
-from kdlens.training.checkpoints import load_checkpoint_file, load_model
+from kdlens.runs.checkpoints import load_checkpoint_file, load_model
 from kdlens.training.run import run_experiment
 
 runner = CliRunner()

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from kdlens.cli import app
 from kdlens.config import validate_config
 from kdlens.data import build_data
-from kdlens.training.checkpoints import load_model
+from kdlens.runs.checkpoints import load_model
 from kdlens.training.run import run_experiment
 
 

@@ -14,7 +14,7 @@ from conftest import tiny_experiment
 from lightning.pytorch.callbacks import Callback
 
 from kdlens.config import validate_config
-from kdlens.training.checkpoints import load_checkpoint_file
+from kdlens.runs.checkpoints import load_checkpoint_file
 from kdlens.training.module import TrainingDiverged
 from kdlens.training.run import run_experiment
 

@@ -6,7 +6,7 @@ from conftest import kd_sections, tiny_experiment
 from lightning.pytorch.callbacks import Callback
 
 from kdlens.config import ConfigError, validate_config
-from kdlens.training.checkpoints import CheckpointError, load_checkpoint_file, load_model
+from kdlens.runs.checkpoints import CheckpointError, load_checkpoint_file, load_model
 from kdlens.training.run import run_experiment
 
 

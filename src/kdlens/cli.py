@@ -11,8 +11,8 @@ import typer
 from kdlens.config import ConfigError, ExperimentConfig, apply_override, load_config
 from kdlens.data import DataError, DatasetNotFoundError
 from kdlens.explain import ExplainError
-from kdlens.models import UnknownModulePath
-from kdlens.training.checkpoints import CheckpointError
+from kdlens.models import UnknownModulePath, WeightsError
+from kdlens.runs.checkpoints import CheckpointError
 from kdlens.training.module import TrainingDiverged
 
 app = typer.Typer(
@@ -36,7 +36,8 @@ def _user_errors(command):
         try:
             return command(*args, **kwargs)
         except (
-            ConfigError, CheckpointError, DataError, DatasetNotFoundError, ExplainError, TrainingDiverged, UnknownModulePath
+            ConfigError, CheckpointError, DataError, DatasetNotFoundError, ExplainError, TrainingDiverged, UnknownModulePath,
+            WeightsError,
         ) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
@@ -50,11 +51,13 @@ def _checkpoints_and_data(checkpoints: list[Path], data: str | None, options: li
     every model must fit its classes and channels."""
     from kdlens.config import validate_data_config
     from kdlens.data import build_data
-    from kdlens.training.checkpoints import load_model
+    from kdlens.runs.checkpoints import load_model
 
     loaded = [load_model(path) for path in checkpoints]
-    trained_on = loaded[0][1]["config"]["data"]
-    data_raw = {"name": data} if data and data != trained_on["name"] else dict(trained_on)
+    trained_on = (loaded[0][1].get("config") or {}).get("data")
+    if trained_on is None and not data:
+        raise ConfigError(f"'{checkpoints[0]}' records no dataset (an imported checkpoint): name it with --data")
+    data_raw = {"name": data} if data and (trained_on is None or data != trained_on["name"]) else dict(trained_on)
     for option in options or []:
         apply_override(data_raw, option)
     if augment is not None:
@@ -74,13 +77,16 @@ def _plan(config: ExperimentConfig) -> str:
     """What a run of ``config`` would do, from the config alone (no data is read)."""
     from kdlens.config import dump_config
 
-    teacher = f"{config.teacher.name} from {config.teacher.checkpoint}" if config.teacher else "none"
+    def weights(m) -> str:
+        return f"weights {m.weights}" if m.weights else f"from {m.checkpoint}" if m.checkpoint else "initialised at random"
+
+    teacher = f"{config.teacher.name} {weights(config.teacher)}" if config.teacher else "none"
     terms = " + ".join(f"{term.weight:g}·{term.name}" for term in config.losses)
     schedule = config.recipe.schedule
     lines = [
         f"plan for '{config.name}' -> {config.run_dir}",
         f"  data: {config.data.name}, batch {config.data.batch_size} per process × {config.trainer.devices} device(s) × {config.trainer.num_nodes} node(s)",
-        f"  model: {config.model.name}; teacher: {teacher}",
+        f"  model: {config.model.name} {weights(config.model)}; teacher: {teacher}",
         f"  loss: {terms}",
         f"  recipe: {config.recipe.epochs} epochs, {config.recipe.optimizer.name} lr {config.recipe.optimizer.lr:g}, {schedule.name} schedule",
         "resolved config:",
@@ -161,24 +167,37 @@ def evaluate(
     checkpoints: Annotated[list[Path], typer.Argument(help="kdlens checkpoints (.ckpt)")],
     data: Annotated[Optional[str], typer.Option(help="dataset name; default: the one the first checkpoint was trained on")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="dataset option, e.g. --set shortcut=0.95")] = None,
-    teacher: Annotated[Optional[Path], typer.Option(help="teacher checkpoint for agreement and KL")] = None,
+    teacher: Annotated[Optional[Path], typer.Option(help="teacher checkpoint for agreement and KL (with --explainer, its explanations are scored too, as model 'teacher')")] = None,
     explainer: Annotated[Optional[str], typer.Option(help="explanation methods, comma-separated (e.g. gradcam,lrp): adds explanation metrics")] = None,
-    metrics: Annotated[str, typer.Option(help="metric preset (thesis, localisation, complexity, perturbation_curves) or comma-separated metric names; thesis is scaled to the image size")] = "thesis",
-    target: Annotated[str, typer.Option(help="class explained: label, pred or teacher")] = "label",
+    metrics: Annotated[str, typer.Option(help="comma-separated metric presets (thesis, localisation, complexity, perturbation_curves) and metric names, e.g. thesis,decile_prediction_drop; thesis is scaled to the image size")] = "thesis",
+    target: Annotated[str, typer.Option(help="class explained: label (ground truth, as the thesis), pred or teacher")] = "label",
+    layer: Annotated[Optional[str], typer.Option(help="module path the CAM-family explainers explain, e.g. layer4 (default: each model's last feature stage)")] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="average each explanation over horizontal flip × brightness {0.9, 1, 1.1} (the thesis's aug_smooth)")] = False,
     n: Annotated[Optional[int], typer.Option("--n", min=1, help="explain only the first n test images")] = None,
     out: Annotated[Optional[Path], typer.Option(help="folder for results.json/.csv and the explanation scores")] = None,
 ) -> None:
     """Accuracy (top-1/top-5), group accuracies, and agreement and KL with a teacher, on the test
-    split and any extra evaluation splits of the dataset. With --explainer: every model ×
-    explainer × metric on the test split, per sample (explanations.csv) and aggregated
-    (explanations_summary.csv: mean, std, n, NaN count)."""
+    split and any extra evaluation splits of the dataset. With --explainer: every model (and the
+    teacher) × explainer × metric on the test split, per sample (explanations.csv) and aggregated
+    (explanations_summary.csv: mean, std, n, NaN count); with decile_prediction_drop, the
+    per-image curve too (decile_prediction_drop.csv: columns -10% (unperturbed), 0%, …, 90%).
+    Every name is checked before any work starts."""
     from kdlens.io import atomic_write_text, write_json
     from kdlens.metrics.evaluate import evaluate_models
     from kdlens.report.tables import flatten_report, format_table, rows_to_csv
-    from kdlens.training.checkpoints import load_model
+    from kdlens.runs.checkpoints import load_model
 
     loaded, bundle, data_config = _checkpoints_and_data(checkpoints, data, set_)
-    teacher_model = load_model(teacher)[0] if teacher else None
+    teacher_model, teacher_info = load_model(teacher) if teacher else (None, None)
+    if teacher_info and (teacher_info["num_classes"], teacher_info["in_channels"]) != (bundle.num_classes, bundle.in_channels):
+        raise ConfigError(
+            f"teacher '{teacher}' predicts {teacher_info['num_classes']} classes from {teacher_info['in_channels']} channels "
+            f"but '{data_config.name}' has {bundle.num_classes} classes and {bundle.in_channels} channels"
+        )
+    if not explainer and (layer is not None or tta):
+        raise ConfigError("--layer and --tta are options of the explanations: add --explainer (e.g. --explainer gradcam)")
+    # Check every explanation name now, before the accuracy pass and before any file is written.
+    explain_run = _evaluate_explanations(checkpoints, loaded, bundle, teacher_model, explainer, metrics, target, layer, tta, n) if explainer else None
     reports = evaluate_models({str(path): model for path, (model, _) in zip(checkpoints, loaded)}, bundle, data_config, teacher_model)
     rows = [{"model": path, **flatten_report(report)} for path, report in reports.items()]
     typer.echo(format_table(rows))
@@ -186,41 +205,49 @@ def evaluate(
         write_json(out / "results.json", reports)
         atomic_write_text(out / "results.csv", rows_to_csv(rows))
         typer.echo(f"wrote {out / 'results.json'} and {out / 'results.csv'}")
-    if explainer:
-        _evaluate_explanations(checkpoints, loaded, bundle, teacher_model, explainer, metrics, target, n, out)
+    if explain_run:
+        explain_run(out)
 
 
-def _evaluate_explanations(checkpoints, loaded, bundle, teacher_model, explainer, metrics, target, n, out) -> None:
-    from kdlens.explain import EXPLAINERS
+def _evaluate_explanations(checkpoints, loaded, bundle, teacher_model, explainer, metrics, target, layer, tta, n):
+    """Check the explanation options against the data and every model (the teacher's included)
+    without doing any work, and return the function that explains, scores and writes to ``out``."""
     from kdlens.io import atomic_write_text
-    from kdlens.metrics import METRIC_PRESETS, create_metrics
-    from kdlens.metrics.explanation_evaluation import aggregate_scores, evaluate_explanations, thesis_overrides
-    from kdlens.registry import unknown_name_message
+    from kdlens.metrics.explanation_evaluation import aggregate_scores, check_explainers, explanation_results, metrics_from_spec
     from kdlens.report.tables import format_table, rows_to_csv
 
     methods = [m.strip() for m in explainer.split(",") if m.strip()]
-    for method in methods:
-        if method not in EXPLAINERS:
-            raise ConfigError(unknown_name_message("explanation method", method, EXPLAINERS.names()))
+    models = {"teacher": teacher_model} if teacher_model is not None else {}
+    models |= {str(path): model for path, (model, _) in zip(checkpoints, loaded)}
+    check_explainers(models, methods, layer)
     if target not in ("label", "pred", "teacher"):
         raise ConfigError(f"--target must be label, pred or teacher, got '{target}'")
+    if target == "teacher" and teacher_model is None:
+        raise ConfigError("--target teacher needs --teacher")
     try:
-        if metrics == "thesis":  # its constants are for 224-px images: scale them to this dataset's
-            chosen = create_metrics("thesis", thesis_overrides(bundle.in_channels, *bundle.image_size))
-        else:
-            chosen = create_metrics(metrics if metrics in METRIC_PRESETS else [m.strip() for m in metrics.split(",")])
-        rows = evaluate_explanations(
-            {str(path): model for path, (model, _) in zip(checkpoints, loaded)}, bundle.test, methods, chosen,
-            target=target, teacher=teacher_model, n=n,
-        )
-    except (KeyError, ValueError) as err:
-        raise ConfigError(str(err).strip("'\"")) from None
-    summary = aggregate_scores(rows, list(chosen))
-    typer.echo(format_table(summary))
-    if out:
-        atomic_write_text(out / "explanations.csv", rows_to_csv(rows))
-        atomic_write_text(out / "explanations_summary.csv", rows_to_csv(summary))
-        typer.echo(f"wrote {out / 'explanations.csv'} and {out / 'explanations_summary.csv'}")
+        chosen = metrics_from_spec(metrics, (bundle.in_channels, *bundle.image_size))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    needs_masks = [name for name, metric in chosen.items() if "mask" in metric.requires]
+    if needs_masks and len(bundle.test) and "mask" not in bundle.test[0]:
+        raise ConfigError(f"{', '.join(needs_masks)} need segmentation masks, which this dataset's test split does not have")
+
+    def run(out: Path | None) -> None:
+        try:
+            results = explanation_results(models, bundle.test, methods, chosen, target=target, teacher=teacher_model,
+                                          n=n, layer=layer, tta=tta)
+        except (KeyError, ValueError) as err:
+            raise ConfigError(str(err).strip("'\"")) from None
+        summary = aggregate_scores(results.scores, list(chosen))
+        typer.echo(format_table(summary))
+        if out:
+            written = {"explanations.csv": results.scores, "explanations_summary.csv": summary}
+            written |= {f"{name}.csv": rows for name, rows in results.curves.items()}
+            for name, rows in written.items():
+                atomic_write_text(out / name, rows_to_csv(rows))
+            typer.echo(f"wrote {', '.join(str(out / name) for name in written)}")
+
+    return run
 
 
 @app.command()
@@ -238,6 +265,50 @@ def export(
         raise ConfigError(f"unknown export format '{format}': kdlens exports 'onnx'")
     result = export_onnx(checkpoint, out)
     typer.echo(f"wrote {result.onnx_path} (onnxruntime max |Δlogit| {result.max_abs_difference:.1e}) and {result.card_path}")
+
+
+@app.command("import")
+@_user_errors
+def import_(
+    source: Annotated[Optional[Path], typer.Argument(help="checkpoint of another codebase (mdistiller/CRD .pth, state_dict, Lightning .ckpt) or kdlens's; omit with --weights")] = None,
+    out: Annotated[Path, typer.Option(help="kdlens checkpoint to write (.ckpt)")] = ...,
+    data: Annotated[str, typer.Option(help="dataset the weights were trained on (its facts only: no images are read), e.g. cifar100")] = ...,
+    model: Annotated[Optional[str], typer.Option(help="kdlens architecture; default: from an mdistiller/CRD folder <arch>_vanilla")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="published weights by name instead of SOURCE, e.g. --model resnet50 --weights IMAGENET1K_V2")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="dataset option, e.g. --set root=/data/imagenet")] = None,
+    format: Annotated[str, typer.Option("--format", help="auto, kdlens, mdistiller, state_dict or lightning")] = "auto",
+) -> None:
+    """Convert a published checkpoint (e.g. an mdistiller/CRD CIFAR-100 teacher
+    <arch>_vanilla/ckpt_epoch_240.pth) or published weights by name (--weights) into a kdlens
+    checkpoint that computes the same logits."""
+    from kdlens.config import validate_data_config
+    from kdlens.data import describe_data
+    from kdlens.models import MODELS
+    from kdlens.registry import unknown_name_message
+    from kdlens.runs.checkpoints import save_model_checkpoint
+    from kdlens.runs.importing import import_checkpoint_file, import_published, infer_architecture
+
+    if (source is None) == (weights is None):
+        raise ConfigError("give either SOURCE (a checkpoint file) or --weights NAME (published weights, with --model)")
+    architecture = model or (infer_architecture(source) if source is not None else None)
+    if architecture is None:
+        where = f"'{source.parent.name}/' does not name the architecture (as mdistiller's <arch>_vanilla/ folders do)" if source else "--weights needs it"
+        raise ConfigError(f"--model is required: {where}; give the kdlens architecture, e.g. --model resnet56")
+    if architecture not in MODELS:
+        raise ConfigError(unknown_name_message("model", architecture, MODELS.names()))
+    data_raw: dict = {"name": data}
+    for option in set_ or []:
+        apply_override(data_raw, option)
+    data_config = validate_data_config(data_raw)
+    stored_config = {"data": data_config.model_dump(mode="json")}
+    if weights is not None:
+        imported, record = import_published(architecture, weights, describe_data(data_config), config=stored_config)
+        save_model_checkpoint(out, imported, record)
+        origin = f"weights {weights}"
+    else:
+        record = import_checkpoint_file(source, out, architecture, describe_data(data_config), format, config=stored_config)
+        origin = f"format {record['source']['format']}"
+    typer.echo(f"wrote {out} ({origin}, architecture {architecture}, {record['num_classes']} classes of {data_config.name})")
 
 
 @app.command()
@@ -316,3 +387,33 @@ def report(
 
     path = write_report(run_dirs, out, data_limit=data_limit, explain_n=explain_n, threads=threads)
     typer.echo(f"wrote {path}")
+
+
+@app.command("runs")
+@_user_errors
+def runs_command(
+    folder: Annotated[Path, typer.Argument(metavar="DIR", help="folder holding run folders, searched recursively (sweeps too)")] = Path("runs"),
+) -> None:
+    """List the runs below a folder: model, teacher, epochs done / planned, best and last test
+    top-1, and status (finished, interrupted, empty/failed); then the command that resumes each
+    interrupted run."""
+    from kdlens.report.tables import format_table
+    from kdlens.runs.listing import COLUMNS, list_runs
+
+    if not folder.is_dir():
+        raise ConfigError(f"'{folder}' is not a folder: give the folder that holds the run folders (default: runs/)")
+    found = list_runs(folder)
+    if not found:
+        typer.echo(f"no runs in '{folder}' (a run folder holds config.yaml and/or checkpoints/last.ckpt)")
+        return
+    typer.echo(format_table([run.row() for run in found], COLUMNS))
+    resumable = [run for run in found if run.resume_command]
+    if resumable:
+        typer.echo("\nresume interrupted runs with:")
+        for run in resumable:
+            elsewhere = run.saved_run_dir is not None and Path(run.saved_run_dir).resolve() != run.path.resolve()
+            hint = f"  # from the folder it was started in: its config writes to '{run.saved_run_dir}'" if elsewhere else ""
+            typer.echo(f"  {run.resume_command}{hint}")
+    for run in found:
+        if run.note:
+            typer.echo(f"note: {run.path}: {run.note}")

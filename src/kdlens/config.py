@@ -33,7 +33,15 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     name: str
     checkpoint: str | None = None
-    """Weights to start from (a kdlens checkpoint); required for the teacher."""
+    """Weights to start from: a kdlens checkpoint, or any file ``kdlens import`` reads (converted
+    on first use and cached beside it)."""
+    weights: str | None = None
+    """Published weights by name: a torchvision weights name (``IMAGENET1K_V2``, ``DEFAULT``) or
+    ``pretrained`` for timm models. With another number of classes than the weights predict, the
+    classifier is replaced (fine-tuning)."""
+    weights_file: str | None = None
+    """With ``weights: pretrained`` on a ``timm:`` model: a local file holding those weights
+    (a state_dict in timm's naming, .pth or .safetensors), loaded without network."""
 
     @field_validator("name")
     @classmethod
@@ -41,8 +49,37 @@ class ModelConfig(_Section):
         from kdlens.models import MODELS
 
         if name not in MODELS:
-            raise ValueError(unknown_name_message("model", name, MODELS.names()))
+            raise ValueError(MODELS.unknown_message(name))
         return name
+
+    @model_validator(mode="after")
+    def _weights_file_for_timm(self) -> ModelConfig:
+        if self.weights_file is not None:
+            from kdlens.models import get_model_spec
+
+            if get_model_spec(self.name).family != "timm" or self.weights != "pretrained":
+                raise ValueError(
+                    "'weights_file' goes with 'weights: pretrained' on a timm model (name: timm:<name>); "
+                    "start other models from a file with 'checkpoint'"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _one_source_of_weights(self) -> ModelConfig:
+        if self.checkpoint is not None and self.weights is not None:
+            raise ValueError("set either 'checkpoint' or 'weights', not both: they are two sources of the same weights")
+        if self.weights is not None:
+            from kdlens.models import get_model_spec
+
+            names = get_model_spec(self.name).weights
+            if names is None:
+                raise ValueError(
+                    f"model '{self.name}' has no published weights by name: use 'checkpoint' "
+                    "(`kdlens import` converts other codebases' files)"
+                )
+            if self.weights not in names():
+                raise ValueError(unknown_name_message(f"weights for '{self.name}'", self.weights, names()))
+        return self
 
 
 class SGDConfig(_Section):
@@ -89,6 +126,9 @@ class RecipeConfig(_Section):
     no_decay_norm_bias: bool = False
     """Exclude normalisation and bias parameters from weight decay."""
     grad_clip_norm: float | None = Field(None, gt=0)
+    backbone_lr_scale: float | None = Field(None, gt=0)
+    """Fine-tuning: when set, every parameter outside the model's classifier trains at ``lr × this``
+    (e.g. 0.1 for a pretrained backbone under a new head); loss-term connectors keep ``lr``."""
     lr_reference_batch: int | None = Field(None, gt=0)
     """Linear scaling rule: when set, the learning rate used is ``lr × global batch / this``, with
     global batch = data.batch_size × devices × nodes. When unset, ``lr`` is used as written,
@@ -148,8 +188,11 @@ class ExperimentConfig(_Section):
                 "'teacher' is set but no loss term uses it: add a distillation term "
                 "(e.g. {name: kd}) or remove the 'teacher' section"
             )
-        if self.teacher is not None and self.teacher.checkpoint is None:
-            raise ValueError("teacher.checkpoint is required: the path of a trained teacher's checkpoint")
+        if self.teacher is not None and self.teacher.checkpoint is None and self.teacher.weights is None:
+            raise ValueError(
+                "teacher.checkpoint or teacher.weights is required: a trained teacher's checkpoint (kdlens's or "
+                "another codebase's) or published weights by name (e.g. IMAGENET1K_V2)"
+            )
         return self
 
     @property

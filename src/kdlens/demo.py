@@ -19,7 +19,7 @@ from kdlens.io import atomic_write_text, write_json
 from kdlens.metrics.evaluate import evaluate_models
 from kdlens.report.build import write_report
 from kdlens.report.tables import flatten_report, format_table, rows_to_csv
-from kdlens.training.checkpoints import load_model
+from kdlens.runs.checkpoints import load_model
 from kdlens.training.run import run_experiment
 
 SHORTCUT = 0.95

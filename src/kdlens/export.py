@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from kdlens.io import atomic_write_text, write_json
-from kdlens.training.checkpoints import load_model
+from kdlens.runs.checkpoints import load_model
 
 ONNX_TOLERANCE = 1e-4
 
@@ -63,7 +63,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, check_bat
 
 def model_card(checkpoint: Path, info: dict[str, Any], onnx_path: Path, difference: float) -> dict[str, Any]:
     """Architecture, classes, input normalisation and the accuracy the run measured."""
-    config = info["config"]
+    config = info.get("config") or {}  # imported checkpoints record their data at most
     return {
         "model": info["model"],
         "onnx": onnx_path.name,
@@ -73,9 +73,10 @@ def model_card(checkpoint: Path, info: dict[str, Any], onnx_path: Path, differen
             "normalisation": {"mean": info["mean"], "std": info["std"], "note": "x = (pixel/255 - mean) / std"},
         },
         "output": {"name": "logits", "classes": info["class_names"]},
-        "trained_on": config["data"],
-        "teacher": config["teacher"],
-        "losses": config["losses"],
+        "trained_on": config.get("data"),
+        "teacher": config.get("teacher"),
+        "losses": config.get("losses"),
+        "weights_source": info.get("source"),
         "test_accuracy": _run_accuracy(checkpoint),
         "source_checkpoint": str(checkpoint),
         "onnxruntime_max_abs_difference": difference,
@@ -100,10 +101,22 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"and std {card['input']['normalisation']['std']}",
         f"- output `logits`: {len(card['output']['classes'])} classes: {', '.join(map(str, card['output']['classes'][:20]))}"
         + (" …" if len(card["output"]["classes"]) > 20 else ""),
-        f"- trained on `{card['trained_on']['name']}`"
-        + (f", distilled from `{card['teacher']['name']}`" if card["teacher"] else "")
-        + f" with {', '.join(loss['name'] for loss in card['losses'])}",
+        _provenance(card),
         f"- test top-1: {accuracy['top1']:.4f}" if accuracy else "- test accuracy: not recorded",
         f"- onnxruntime vs PyTorch max |Δlogit|: {card['onnxruntime_max_abs_difference']:.2e}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _provenance(card: dict[str, Any]) -> str:
+    """Where the weights come from: a kdlens run (data, teacher, loss terms) or an import."""
+    if card["losses"] is None:
+        source = card["weights_source"] or {}
+        origin = f"weights {source['weights']}" if "weights" in source else f"{source.get('format', 'a')} checkpoint {source.get('file', '')}"
+        data = f" for `{card['trained_on']['name']}`" if card["trained_on"] else ""
+        return f"- imported from {origin}{data}"
+    return (
+        f"- trained on `{card['trained_on']['name']}`"
+        + (f", distilled from `{card['teacher']['name']}`" if card["teacher"] else "")
+        + f" with {', '.join(loss['name'] for loss in card['losses'])}"
+    )

@@ -1,7 +1,7 @@
 """Datasets: a registry of configs and builders; importing this package registers all of them."""
 
 from kdlens.data import cifar, fashion_mnist, imagefolder, imagenet_s, imagenet_segmentation, shapes  # noqa: F401  (registration)
-from kdlens.data.base import DATASETS, DataBundle, DataConfigBase, register_dataset
+from kdlens.data.base import DATASETS, DataBundle, DataConfigBase, DatasetInfo, register_dataset
 from kdlens.data.common import DataError, DatasetNotFoundError, split_train_val
 
 
@@ -10,10 +10,17 @@ def build_data(cfg: DataConfigBase) -> DataBundle:
     return DATASETS[cfg.name].build(cfg)
 
 
+def describe_data(cfg: DataConfigBase) -> DatasetInfo:
+    """The facts of the dataset ``cfg`` describes (classes, channels, size, normalisation), from
+    its config alone: no image files are needed."""
+    entry = DATASETS[cfg.name]
+    return entry.describe(cfg) if entry.describe is not None else entry.build(cfg).info
+
+
 def dataset_config_types() -> list[type[DataConfigBase]]:
     """Every registered dataset's config class, for a discriminated union on ``name``."""
     return [DATASETS[name].config for name in DATASETS.names()]
 
 
-__all__ = ["DATASETS", "DataBundle", "DataConfigBase", "DataError", "DatasetNotFoundError", "build_data",
-           "dataset_config_types", "register_dataset", "split_train_val"]
+__all__ = ["DATASETS", "DataBundle", "DataConfigBase", "DataError", "DatasetInfo", "DatasetNotFoundError", "build_data",
+           "dataset_config_types", "describe_data", "register_dataset", "split_train_val"]

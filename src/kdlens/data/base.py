@@ -1,9 +1,11 @@
-"""What every dataset gives the rest of kdlens: its config base, its bundle of splits, its samples."""
+"""What every dataset gives the rest of kdlens: its config base, its facts (known from the config
+alone), its bundle of splits, its samples."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import Dataset
@@ -28,6 +30,24 @@ class DataConfigBase(BaseModel):
     augment: bool = True
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model and its inputs need to know about a dataset, without reading its images:
+    ``kdlens import`` and checkpoints record these facts."""
+
+    num_classes: int
+    in_channels: int
+    image_size: tuple[int, int]
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def facts(self) -> dict[str, Any]:
+        """The facts as keyword arguments of :class:`DataBundle` and ``checkpoint_info``."""
+        return {"num_classes": self.num_classes, "in_channels": self.in_channels, "image_size": self.image_size,
+                "class_names": list(self.class_names), "mean": self.mean, "std": self.std}
+
+
 @dataclass
 class DataBundle:
     """The splits of one dataset and the facts models and reports need about it.
@@ -49,22 +69,32 @@ class DataBundle:
     """Further evaluation splits, e.g. ``shifted`` for shapes with a shortcut."""
     group_names: list[str] | None = None
 
+    @property
+    def info(self) -> DatasetInfo:
+        return DatasetInfo(num_classes=self.num_classes, in_channels=self.in_channels,
+                           image_size=tuple(self.image_size), class_names=tuple(self.class_names),
+                           mean=tuple(self.mean), std=tuple(self.std))
+
 
 @dataclass(frozen=True)
 class DatasetEntry:
     config: type[DataConfigBase]
     build: Callable[[DataConfigBase], DataBundle]
+    describe: Callable[[DataConfigBase], DatasetInfo] | None = None
+    """The dataset's facts from its config alone (no image files needed, at most a folder listing
+    for class names); None: only known by building it."""
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
 
 
-def register_dataset(config: type[DataConfigBase]):
-    """Register ``build(config) -> DataBundle`` under the config's ``name`` literal."""
+def register_dataset(config: type[DataConfigBase], describe: Callable[[Any], DatasetInfo] | None = None):
+    """Register ``build(config) -> DataBundle`` (and ``describe(config) -> DatasetInfo``) under the
+    config's ``name`` literal."""
     name = config.model_fields["name"].annotation.__args__[0]
 
     def add(build: Callable[[DataConfigBase], DataBundle]):
-        DATASETS.register(name)(DatasetEntry(config, build))
+        DATASETS.register(name)(DatasetEntry(config, build, describe))
         return build
 
     return add

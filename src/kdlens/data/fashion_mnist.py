@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-from kdlens.data.base import DataBundle, DataConfigBase, register_dataset
+from kdlens.data.base import DataBundle, DataConfigBase, DatasetInfo, register_dataset
 from kdlens.data.common import DatasetNotFoundError, TensorSource, make_transforms, train_val_test
 
 FILES = {
@@ -110,10 +110,15 @@ def _load(directory: Path, split: Literal["train", "test"]) -> TensorSource:
     return TensorSource(images[:, None], labels.long())
 
 
-@register_dataset(FashionMNISTConfig)
+def describe(cfg: FashionMNISTConfig) -> DatasetInfo:
+    return DatasetInfo(num_classes=len(CLASS_NAMES), in_channels=1, image_size=(28, 28),
+                       class_names=tuple(CLASS_NAMES), mean=MEAN, std=STD)
+
+
+@register_dataset(FashionMNISTConfig, describe=describe)
 def build(cfg: FashionMNISTConfig) -> DataBundle:
+    info = describe(cfg)
     directory = locate(cfg.root)
-    transforms = make_transforms(MEAN, STD, [v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip()])
+    transforms = make_transforms(info.mean, info.std, [v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip()])
     train, val, test = train_val_test(cfg, _load(directory, "train"), _load(directory, "test"), transforms)
-    return DataBundle(train=train, val=val, test=test, num_classes=len(CLASS_NAMES), in_channels=1,
-                      image_size=(28, 28), class_names=CLASS_NAMES, mean=MEAN, std=STD)
+    return DataBundle(train=train, val=val, test=test, **info.facts())

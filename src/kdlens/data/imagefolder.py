@@ -12,7 +12,7 @@ from pydantic import Field
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
-from kdlens.data.base import DataBundle, DataConfigBase, register_dataset
+from kdlens.data.base import DataBundle, DataConfigBase, DatasetInfo, register_dataset
 from kdlens.data.common import DataError, DatasetNotFoundError, RawSample, make_transforms, train_val_test
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -43,29 +43,38 @@ class ImageFileSource:
             raise DataError(f"cannot read image {path} ({err}): replace or remove the file") from err
 
 
-def _scan(root: Path) -> tuple[list[str], ImageFileSource, ImageFileSource]:
+def _classes(root: Path) -> list[str]:
+    """The class folders of ``train/`` (sorted: label k is the k-th), checked against ``val/``."""
     missing = [d for d in (root / "train", root / "val") if not d.is_dir()]
     if missing:
         raise DatasetNotFoundError(f"image folder dataset: {', '.join(map(str, missing))} not found; "
                                    f"expected layout {LAYOUT} with ROOT={root} (set data.root)")
-    classes, class_to_idx = find_classes(str(root / "train"))
+    classes, _ = find_classes(str(root / "train"))
     extra = sorted(set(find_classes(str(root / "val"))[0]) - set(classes))
     if extra:
         raise DataError(f"{root / 'val'} has classes that {root / 'train'} lacks: {', '.join(extra)}")
-    train, test = (ImageFileSource(make_dataset(str(root / split), class_to_idx, extensions=IMG_EXTENSIONS))
-                   for split in ("train", "val"))
-    return classes, train, test
+    return classes
 
 
-@register_dataset(ImageFolderConfig)
+def describe(cfg: ImageFolderConfig) -> DatasetInfo:
+    """From the class folders' names alone (no image is read)."""
+    classes = _classes(Path(cfg.root))
+    return DatasetInfo(num_classes=len(classes), in_channels=3, image_size=(cfg.image_size, cfg.image_size),
+                       class_names=tuple(classes), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+@register_dataset(ImageFolderConfig, describe=describe)
 def build(cfg: ImageFolderConfig) -> DataBundle:
-    classes, train_source, test_source = _scan(Path(cfg.root))
+    info = describe(cfg)
+    root = Path(cfg.root)
+    class_to_idx = {name: k for k, name in enumerate(info.class_names)}
+    train_source, test_source = (
+        ImageFileSource(make_dataset(str(root / split), class_to_idx, extensions=IMG_EXTENSIONS)) for split in ("train", "val")
+    )
     transforms = make_transforms(
-        IMAGENET_MEAN, IMAGENET_STD,
+        info.mean, info.std,
         train_ops=[v2.RandomResizedCrop(cfg.image_size), v2.RandomHorizontalFlip()],
         eval_ops=[v2.Resize(cfg.resize_size), v2.CenterCrop(cfg.image_size)],
     )
     train, val, test = train_val_test(cfg, train_source, test_source, transforms)
-    return DataBundle(train=train, val=val, test=test, num_classes=len(classes), in_channels=3,
-                      image_size=(cfg.image_size, cfg.image_size), class_names=classes,
-                      mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return DataBundle(train=train, val=val, test=test, **info.facts())

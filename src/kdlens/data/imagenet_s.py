@@ -28,7 +28,7 @@ from torchvision import tv_tensors
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 from torchvision.transforms import v2
 
-from kdlens.data.base import DataBundle, DataConfigBase, register_dataset
+from kdlens.data.base import DataBundle, DataConfigBase, DatasetInfo, register_dataset
 from kdlens.data.common import DataError, DatasetNotFoundError, RawSample, make_transforms, train_val_test
 from kdlens.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, ImageFileSource
 
@@ -104,26 +104,37 @@ def _validation_source(root: Path, class_to_label: dict[str, int]) -> SegmentedI
     return SegmentedImageSource(ImageFileSource(samples), masks, mask_ids)
 
 
-@register_dataset(ImageNetSConfig)
+def describe(cfg: ImageNetSConfig) -> DatasetInfo:
+    """The classes are ImageNet-1k's 1000 (``labels: imagenet1k``) or the subset's 50, named by the
+    wnids of the validation folders where they exist, else ``imagenet-<ImageNet-1k index>``."""
+    validation = Path(cfg.root) / "validation"
+    if validation.is_dir():
+        wnids = _class_folders(validation)
+    else:
+        wnids = [f"imagenet-{i}" for i in IMAGENET_S50_INDICES]
+    if cfg.labels == "imagenet1k":
+        names = dict(zip(IMAGENET_S50_INDICES, wnids))
+        class_names = tuple(names.get(i, f"imagenet-{i}") for i in range(1000))
+    else:
+        class_names = tuple(wnids)
+    return DatasetInfo(num_classes=len(class_names), in_channels=3, image_size=(cfg.image_size, cfg.image_size),
+                       class_names=class_names, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+@register_dataset(ImageNetSConfig, describe=describe)
 def build(cfg: ImageNetSConfig) -> DataBundle:
     root = Path(cfg.root)
     if not (root / "validation").is_dir() or not (root / "validation-segmentation").is_dir():
         raise DatasetNotFoundError(f"ImageNet-S50 not found at {root} (data.root): expected {LAYOUT}")
+    info = describe(cfg)
     classes = _class_folders(root / "validation")
-    if cfg.labels == "imagenet1k":
-        labels, num_classes = IMAGENET_S50_INDICES, 1000
-        names = {index: wnid for index, wnid in zip(IMAGENET_S50_INDICES, classes)}
-        class_names = [names.get(i, f"imagenet-{i}") for i in range(num_classes)]
-    else:
-        labels, num_classes, class_names = range(len(classes)), len(classes), classes
+    labels = IMAGENET_S50_INDICES if cfg.labels == "imagenet1k" else range(len(classes))
     class_to_label = dict(zip(classes, labels))
     train_files = make_dataset(str(root / "train"), class_to_label, extensions=IMG_EXTENSIONS, allow_empty=True) if (root / "train").is_dir() else []
     transforms = make_transforms(
-        IMAGENET_MEAN, IMAGENET_STD,
+        info.mean, info.std,
         train_ops=[v2.RandomResizedCrop(cfg.image_size), v2.RandomHorizontalFlip()],
         eval_ops=[v2.Resize(cfg.resize_size), v2.CenterCrop(cfg.image_size)],
     )
     train, val, test = train_val_test(cfg, ImageFileSource(train_files), _validation_source(root, class_to_label), transforms)
-    return DataBundle(train=train, val=val, test=test, num_classes=num_classes, in_channels=3,
-                      image_size=(cfg.image_size, cfg.image_size), class_names=class_names,
-                      mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return DataBundle(train=train, val=val, test=test, **info.facts())

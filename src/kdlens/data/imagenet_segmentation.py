@@ -19,7 +19,7 @@ from pydantic import Field
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from kdlens.data.base import DataBundle, DataConfigBase, register_dataset
+from kdlens.data.base import DataBundle, DataConfigBase, DatasetInfo, register_dataset
 from kdlens.data.common import DataError, DatasetNotFoundError, DictDataset, RawSample, make_transforms
 from kdlens.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 
@@ -71,15 +71,19 @@ class MatSegmentationSource:
         return {**self.__dict__, "_file": None}
 
 
-@register_dataset(ImageNetSegmentationConfig)
+def describe(cfg: ImageNetSegmentationConfig) -> DatasetInfo:
+    """Unlabelled images explained for ImageNet-1k models: their 1000 classes."""
+    return DatasetInfo(num_classes=1000, in_channels=3, image_size=(cfg.image_size, cfg.image_size),
+                       class_names=tuple(f"imagenet-{i}" for i in range(1000)), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+@register_dataset(ImageNetSegmentationConfig, describe=describe)
 def build(cfg: ImageNetSegmentationConfig) -> DataBundle:
     path = Path(cfg.path)
     if not path.is_file():
         raise DatasetNotFoundError(f"ImageNet-Segmentation file {path} not found (data.path): it is gtsegs_ijcv.mat")
     source = MatSegmentationSource(path)
-    size = (cfg.image_size, cfg.image_size)
-    transforms = make_transforms(IMAGENET_MEAN, IMAGENET_STD, train_ops=[], eval_ops=[v2.Resize(size)])
+    info = describe(cfg)
+    transforms = make_transforms(info.mean, info.std, train_ops=[], eval_ops=[v2.Resize(info.image_size)])
     empty = DictDataset(source, transforms.eval, torch.empty(0, dtype=torch.long))
-    return DataBundle(train=empty, val=empty, test=DictDataset(source, transforms.eval), num_classes=1000, in_channels=3,
-                      image_size=size, class_names=[f"imagenet-{i}" for i in range(1000)],
-                      mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return DataBundle(train=empty, val=empty, test=DictDataset(source, transforms.eval), **info.facts())

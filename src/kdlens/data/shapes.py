@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from kdlens.data.base import DataBundle, DataConfigBase, register_dataset
+from kdlens.data.base import DataBundle, DataConfigBase, DatasetInfo, register_dataset
 from kdlens.data.common import DictDataset, TensorSource, make_transforms, train_val_test
 
 Split = Literal["train", "test", "shifted"]
@@ -221,27 +221,30 @@ def normalisation(num_classes: int, image_size: int) -> tuple[tuple[float, ...],
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-@register_dataset(ShapesConfig)
+def describe(cfg: ShapesConfig) -> DatasetInfo:
+    mean, std = normalisation(cfg.num_classes, cfg.image_size)
+    return DatasetInfo(num_classes=cfg.num_classes, in_channels=3, image_size=(cfg.image_size, cfg.image_size),
+                       class_names=tuple(name for name, _ in SHAPES[: cfg.num_classes]), mean=mean, std=std)
+
+
+@register_dataset(ShapesConfig, describe=describe)
 def build(cfg: ShapesConfig) -> DataBundle:
     def source(n: int, split: Split, shortcut: float | None) -> TensorSource:
         arrays = generate_shapes(n, num_classes=cfg.num_classes, image_size=cfg.image_size,
                                  seed=cfg.seed, split=split, shortcut=shortcut)
         return TensorSource(arrays.images, arrays.labels, arrays.masks, arrays.groups)
 
-    mean, std = normalisation(cfg.num_classes, cfg.image_size)
+    info = describe(cfg)
     pad = cfg.image_size // 8
-    transforms = make_transforms(mean, std, [v2.RandomCrop(cfg.image_size, padding=pad),
+    transforms = make_transforms(info.mean, info.std, [v2.RandomCrop(cfg.image_size, padding=pad),
                                              v2.RandomHorizontalFlip()])
     train, val, test = train_val_test(cfg, source(cfg.train_size, "train", cfg.shortcut),
                                       source(cfg.test_size, "test", cfg.shortcut), transforms)
     extra: dict[str, Dataset] = {}
     if cfg.shortcut is not None:
         extra["shifted"] = DictDataset(source(cfg.test_size, "shifted", None), transforms.eval)
-    class_names = [name for name, _ in SHAPES[: cfg.num_classes]]
     bg_names = [name for name, _ in PALETTE[: cfg.num_classes]]
     return DataBundle(
-        train=train, val=val, test=test, extra_splits=extra,
-        num_classes=cfg.num_classes, in_channels=3, image_size=(cfg.image_size, cfg.image_size),
-        class_names=class_names, mean=mean, std=std,
-        group_names=[f"{c}/bg-{b}" for c in class_names for b in bg_names],
+        train=train, val=val, test=test, extra_splits=extra, **info.facts(),
+        group_names=[f"{c}/bg-{b}" for c in info.class_names for b in bg_names],
     )

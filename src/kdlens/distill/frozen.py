@@ -1,7 +1,14 @@
 """Frozen teacher outputs (REFERENCE §1): the teacher's logits and explanation maps computed once
 on un-augmented training images, kept in the explanation cache (keyed by the teacher checkpoint's
 content, the data and the explanation), and attached to the training samples so that each map
-gets the same crop/flip as its image. Training then needs no teacher pass at all."""
+gets the same crop/flip as its image. Training then needs no teacher pass at all.
+
+The teacher sees what evaluation shows it: the eval-transformed image (for native-size datasets,
+Resize + CenterCrop). Maps are stored in that fixed eval frame; for each training sample the
+dataset puts its map back into the image's native frame (inverting the eval resize and centre
+crop) before the training transform's random crop/flip, so a crop's teacher map covers the same
+pixels as the crop. Native pixels the eval crop left out get 0 (no teacher evidence); see
+:meth:`kdlens.data.common.DictDataset.attach` and :class:`kdlens.data.common.EvalGeometry`."""
 
 from __future__ import annotations
 
@@ -62,4 +69,7 @@ def frozen_teacher_outputs(
 
 
 def attach_frozen_teacher(train: DictDataset, outputs: dict[str, Tensor]) -> DictDataset:
+    """``train`` whose samples carry their frozen teacher logits and (eval-frame) maps, the maps
+    moved with the image's own crop/flip. Raises ``ValueError`` if the dataset's eval transform has
+    an op whose geometry cannot be inverted."""
     return train.attach(spatial={TEACHER_MAP: outputs[TEACHER_MAP]}, plain={TEACHER_LOGITS: outputs[TEACHER_LOGITS]})

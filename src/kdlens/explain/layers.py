@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.fx as fx
@@ -25,7 +27,15 @@ def default_layer(model: nn.Module, x: Tensor) -> str:
     answer is the outermost module producing that map (``layer3`` rather than ``layer3.1``): for
     the models of ``kdlens.models`` it is the last of ``get_model_spec(name).stages`` (or, for
     torchvision MobileNets, the ``features`` container whose output is that stage's).
+
+    A model that declares its layer (``model.kdlens_explain_layer``, set by specs with an
+    ``explain_layer``, e.g. timm models: a vision transformer's last block's first norm) is not
+    probed.
     """
+    declared = getattr(model, "kdlens_explain_layer", None)
+    if isinstance(declared, str):
+        resolve_module(model, declared)
+        return declared
     finished: list[tuple[str, nn.Module, Tensor]] = []
 
     def record(path: str) -> Callable[[nn.Module, object, object], None]:
@@ -57,14 +67,65 @@ def _is_class_evidence(output: Tensor, logits: Tensor) -> bool:
     return pooled.shape == logits.shape and torch.allclose(pooled, logits, rtol=1e-4, atol=1e-6)
 
 
+def token_layout(model: nn.Module, tokens: Tensor) -> tuple[int, int, int] | None:
+    """(prefix tokens, h, w) of a vision transformer's (B, N, C) token sequence: N = prefix + h·w
+    patch tokens in row-major order. The prefix (class, distillation, register tokens) is the
+    model's ``num_prefix_tokens`` (timm) or else 0 or 1, whichever leaves a square number of
+    patches; the grid is ``model.patch_embed.grid_size`` when it fits, else square. None when no
+    layout fits."""
+    count = tokens.shape[1]
+    declared = getattr(model, "num_prefix_tokens", None)
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    for prefix in [declared] if isinstance(declared, int) else [0, 1]:
+        patches = count - prefix
+        if patches < 1:
+            continue
+        if grid is not None and len(grid) == 2 and int(grid[0]) * int(grid[1]) == patches:
+            return prefix, int(grid[0]), int(grid[1])
+        side = math.isqrt(patches)
+        if side * side == patches:
+            return prefix, side, side
+    return None
+
+
+def tokens_to_grid(tokens: Tensor, layout: tuple[int, int, int]) -> Tensor:
+    """(B, prefix + h·w, C) tokens -> (B, C, h, w) map of the patch tokens (prefix tokens dropped)."""
+    prefix, h, w = layout
+    return tokens[:, prefix:].transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+
+
+def grid_to_tokens(grid: Tensor, prefix_tokens: Tensor) -> Tensor:
+    """The inverse of :func:`tokens_to_grid`, given the (B, prefix, C) prefix tokens."""
+    return torch.cat([prefix_tokens, grid.flatten(2).transpose(1, 2)], 1)
+
+
 def layer_activations(model: nn.Module, layer: str, x: Tensor) -> tuple[Tensor, Tensor]:
-    """The logits and the layer's output for ``x``, both still attached to the graph (if any)."""
+    """The logits and the layer's output for ``x``, both still attached to the graph (if any).
+
+    A layer returning a vision transformer's tokens (B, N, C) gives its patch tokens as a
+    (B, C, h, w) map (:func:`token_layout`). The model then runs on that map (turned back into
+    tokens), so gradients with respect to it are those of the patch tokens."""
+    grids: list[Tensor] = []
+
+    def as_grid(module: nn.Module, inputs: object, output: object) -> Tensor | None:
+        if isinstance(output, Tensor) and output.ndim == 3:
+            layout = token_layout(model, output)
+            if layout is not None:
+                grids.append(tokens_to_grid(output, layout))
+                return grid_to_tokens(grids[-1], output[:, : layout[0]])
+        return None
+
     with FeatureTaps(model, [layer]) as taps:
-        logits = model(x)
-    activations = taps[layer]
+        handle = resolve_module(model, layer).register_forward_hook(as_grid)
+        try:
+            logits = model(x)
+        finally:
+            handle.remove()
+    activations = grids[-1] if grids else taps[layer]
     if activations.ndim != 4:
         raise ExplainError(
-            f"layer '{layer}' returns a {activations.ndim}-D tensor; CAM methods need a (B, C, h, w) feature map"
+            f"layer '{layer}' returns a {activations.ndim}-D tensor of shape {tuple(activations.shape)}; CAM methods "
+            "need a (B, C, h, w) feature map or a vision transformer's (B, prefix + h·w, C) tokens"
         )
     return logits, activations
 
@@ -79,7 +140,7 @@ def layer_gradients(
     With ``create_graph`` both stay in the graph, so a loss on maps built from them reaches the
     parameters before and after the layer; otherwise both are detached."""
     require_autograd()
-    with torch.enable_grad():
+    with torch.enable_grad(), unfused_attention(model, create_graph):
         # Without create_graph the input is made a leaf, so that frozen models (no parameter
         # requires grad) still build the graph from which the layer's gradient is read.
         logits, activations = layer_activations(model, layer, x if create_graph else x.detach().requires_grad_())
@@ -94,6 +155,22 @@ def layer_gradients(
     return activations.detach(), grads
 
 
+@contextmanager
+def unfused_attention(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Within this block (if ``enabled``), timm attention layers (``fused_attn`` set) compute
+    softmax(QKᵀ)V explicitly instead of by ``F.scaled_dot_product_attention``, whose backward
+    has no derivative: maps built with ``create_graph`` are differentiated twice (explanation
+    losses). Restored on exit."""
+    fused = [m for m in model.modules() if getattr(m, "fused_attn", None) is True] if enabled else []
+    for module in fused:
+        module.fused_attn = False
+    try:
+        yield
+    finally:
+        for module in fused:
+            module.fused_attn = True
+
+
 class ModelSplit:
     """A model's forward cut at one module: ``prefix(x) -> (layer output, carried values)`` and
     ``rest(layer output, *carried) -> logits``, so that many edited copies of one layer output
@@ -105,7 +182,7 @@ class ModelSplit:
     ``carried[b_index]`` selects the samples whose edited layer outputs are evaluated.
     """
 
-    def __init__(self, prefix: fx.GraphModule, rest: fx.GraphModule) -> None:
+    def __init__(self, prefix: Callable[..., tuple[Tensor, ...]], rest: Callable[..., Tensor]) -> None:
         self.prefix = prefix
         self.rest = rest
 
@@ -128,8 +205,23 @@ class ModelSplit:
             return None
         batch_indexed = all(isinstance(v, Tensor) and v.shape[:1] == probe.shape[:1] for v in [layer_output, *carried])
         if batch_indexed and reproduced.shape == expected.shape and torch.allclose(reproduced, expected, rtol=1e-4, atol=1e-5):
-            return split
+            layout = token_layout(model, layer_output) if layer_output.ndim == 3 else None
+            return split if layout is None else split._on_token_grid(layout)
         return None
+
+    def _on_token_grid(self, layout: tuple[int, int, int]) -> ModelSplit:
+        """This split with the layer's tokens as a (B, C, h, w) map: the prefix tokens are carried
+        (first), so ``rest(map, prefix tokens, *carried)``."""
+        prefix, rest = self.prefix, self.rest
+
+        def grid_prefix(x: Tensor) -> tuple[Tensor, ...]:
+            tokens, *carried = prefix(x)
+            return (tokens_to_grid(tokens, layout), tokens[:, : layout[0]], *carried)
+
+        def grid_rest(grid: Tensor, prefix_tokens: Tensor, *carried: Tensor) -> Tensor:
+            return rest(grid_to_tokens(grid, prefix_tokens), *carried)
+
+        return ModelSplit(grid_prefix, grid_rest)
 
 
 class _LeafAt(fx.Tracer):
@@ -144,7 +236,8 @@ class _LeafAt(fx.Tracer):
 
 
 def _cut(model: nn.Module, graph: fx.Graph, layer: str) -> tuple[fx.GraphModule, fx.GraphModule]:
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    # Forward arguments with a default (e.g. timm ViTs' attn_mask=None) keep it in both parts.
+    placeholders = [n for n in graph.nodes if n.op == "placeholder" and not n.args]
     calls = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
     if len(placeholders) != 1 or len(calls) != 1:
         raise ValueError("only single-input models whose layer runs once per forward can be cut")

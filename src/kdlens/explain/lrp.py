@@ -9,6 +9,9 @@ summands instead of the gradient copying it to both. :func:`lrp_canonizers` pick
   (stem, both convs of each block, the projection shortcut), and the block's addition by ``Sum``;
 * WRNs (pre-activation): ``conv1`` merged with ``bn2`` in each block, the addition by ``Sum``; the
   other BNs follow an addition, cannot be merged and pass relevance through (zennit's rule);
+* timm ResNets (``timm:resnet18``, ``timm:resnet50.a1_in1k``, ...): each BN merged into the conv
+  before it, and the blocks' additions by ``Sum`` (timm is not imported: blocks are recognised by
+  their class); timm vision transformers are refused (zennit has no rules for attention);
 * anything else: zennit's ``SequentialMergeBatchNorm`` (a BN right after a linear layer in module
   order, e.g. VGG and MobileNet ``Sequential`` blocks); residual additions elsewhere are not
   canonized, which breaks conservation there.
@@ -85,7 +88,52 @@ def lrp_canonizers(model: nn.Module) -> list[Canonizer]:
     if isinstance(model, WideResNet):
         merges = [((f"{name}.conv1",), f"{name}.bn2") for name, m in model.named_modules() if isinstance(m, PreActBlock)]
         return [NamedMergeBatchNorm(merges), _residual_sum(PreActBlock, _preact_block_forward)]
+    if _timm_class(model) == ("resnet", "ResNet"):
+        return [SequentialMergeBatchNorm(), AttributeCanonizer(_timm_resnet_block_attributes)]
+    if _timm_class(model) is not None and any(type(m).__name__.endswith("Attention") for m in model.modules()):
+        raise ExplainError(
+            f"LRP does not support {type(model).__name__} (timm): zennit has no rules for attention layers, so the "
+            "relevance would not be LRP's; explain it with gradcam (at a block's norm1) or an input-gradient method"
+        )
     return [SequentialMergeBatchNorm()]
+
+
+def _timm_class(module: nn.Module) -> tuple[str, str] | None:
+    """(timm module, class name) of a timm model or layer, e.g. ("resnet", "BasicBlock"); None otherwise."""
+    package, _, name = type(module).__module__.rpartition(".")
+    return (name, type(module).__name__) if package == "timm.models" else None
+
+
+def _timm_resnet_block_attributes(name: str, module: nn.Module) -> dict | None:
+    forward = {("resnet", "BasicBlock"): _timm_basic_block_forward, ("resnet", "Bottleneck"): _timm_bottleneck_forward}
+    block_forward = forward.get(_timm_class(module))
+    if block_forward is None:
+        return None
+    return {"forward": block_forward.__get__(module), "canonizer_sum": Sum()}
+
+
+def _timm_residual_out(self: nn.Module, out: Tensor, x: Tensor) -> Tensor:
+    if self.se is not None:
+        out = self.se(out)
+    if self.drop_path is not None:
+        out = self.drop_path(out)
+    shortcut = x if self.downsample is None else self.downsample(x)
+    return self.canonizer_sum(torch.stack([shortcut, out], dim=-1))
+
+
+def _timm_basic_block_forward(self: nn.Module, x: Tensor) -> Tensor:
+    """timm's ``resnet.BasicBlock.forward`` with the addition done by ``Sum``."""
+    out = self.aa(self.act1(self.drop_block(self.bn1(self.conv1(x)))))
+    out = self.bn2(self.conv2(out))
+    return self.act2(_timm_residual_out(self, out, x))
+
+
+def _timm_bottleneck_forward(self: nn.Module, x: Tensor) -> Tensor:
+    """timm's ``resnet.Bottleneck.forward`` with the addition done by ``Sum``."""
+    out = self.act1(self.bn1(self.conv1(x)))
+    out = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(out)))))
+    out = self.bn3(self.conv3(out))
+    return self.act3(_timm_residual_out(self, out, x))
 
 
 def _cifar_resnet_merges(model: CifarResNet) -> list[tuple[tuple[str, ...], str]]:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from kdlens.explain import explain
-from kdlens.metrics.base import ExplanationMetric
-from kdlens.metrics.suite import evaluate_metrics
+from kdlens.explain import EXPLAINERS, ExplainError, LayerExplainer, explain, make_explainer
+from kdlens.metrics.base import EXPLANATION_METRICS, EvaluationContext, ExplanationMetric, eval_mode
+from kdlens.metrics.suite import METRIC_PRESETS
+from kdlens.registry import unknown_name_message
 
 Target = Literal["label", "pred", "teacher"]
 
@@ -33,6 +35,53 @@ def thesis_overrides(channels: int, height: int, width: int) -> dict[str, dict[s
     }
 
 
+def metrics_from_spec(spec: str, image_shape: tuple[int, int, int]) -> dict[str, ExplanationMetric]:
+    """The metrics of a comma-separated list of presets and metric names (e.g.
+    ``thesis,decile_prediction_drop``), in order, each metric once with its first mention's settings;
+    the ``thesis`` preset is scaled to ``image_shape`` (C, H, W) by :func:`thesis_overrides`.
+    Every name is checked before any metric is built (ValueError naming the valid ones)."""
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    if not names:
+        raise ValueError("no metric given: name a preset or metrics, e.g. --metrics thesis,decile_prediction_drop")
+    for name in names:
+        if name not in METRIC_PRESETS and name not in EXPLANATION_METRICS:
+            valid = [f"{preset} (preset)" for preset in sorted(METRIC_PRESETS)] + EXPLANATION_METRICS.names()
+            raise ValueError(unknown_name_message("metric or metric preset", name, valid))
+    kwargs: dict[str, dict] = {}
+    for name in names:
+        if name in METRIC_PRESETS:
+            preset = {metric: dict(params) for metric, params in METRIC_PRESETS[name].items()}
+            if name == "thesis":  # its constants are for 224-px images: scale them to these
+                for metric, params in thesis_overrides(*image_shape).items():
+                    preset[metric].update(params)
+            for metric, params in preset.items():
+                kwargs.setdefault(metric, params)
+        else:
+            kwargs.setdefault(name, {})
+    return {name: EXPLANATION_METRICS[name](**params) for name, params in kwargs.items()}
+
+
+def explained_layer(method: str, layer: str | None) -> str | None:
+    """``layer`` for the CAM family, which explains a layer; None for methods attributing to the input."""
+    return layer if issubclass(EXPLAINERS[method], LayerExplainer) else None
+
+
+def check_explainers(models: dict[str, nn.Module], explainers: list[str], layer: str | None = None) -> None:
+    """Fail before any work on an unknown method (ExplainError) or a ``layer`` one of the models
+    lacks (UnknownModulePath, with the valid paths), or a ``layer`` no method can use."""
+    for method in explainers:
+        if method not in EXPLAINERS:
+            raise ExplainError(unknown_name_message("explanation method", method, EXPLAINERS.names()))
+    if layer is not None and all(explained_layer(method, layer) is None for method in explainers):
+        raise ExplainError(
+            f"layer '{layer}' is for the CAM family (e.g. gradcam, eigencam), which explains a layer; "
+            f"{', '.join(explainers)} attribute to the input"
+        )
+    for model in models.values():
+        for method in explainers:
+            make_explainer(model, method, explained_layer(method, layer))
+
+
 def explanation_targets(target: Target, labels: Tensor, model: nn.Module, teacher: nn.Module | None, x: Tensor) -> Tensor:
     """The class explained per sample: the true label, the model's own top-1, or the teacher's."""
     if target == "label":
@@ -46,6 +95,69 @@ def explanation_targets(target: Target, labels: Tensor, model: nn.Module, teache
         return explained_by(x).argmax(1)
 
 
+@dataclass
+class ExplanationResults:
+    """What :func:`explanation_results` computes."""
+
+    scores: list[dict]
+    """One row per (model, explainer, sample): ``model``, ``explainer``, ``index``, ``label``,
+    ``target`` and each metric's score (NaN where undefined for the sample, e.g. an empty mask)."""
+    curves: dict[str, list[dict]] = field(default_factory=dict)
+    """Per metric with per-sample points (``point_labels``, e.g. ``decile_prediction_drop``): one
+    row per (model, explainer, sample), the same identifying columns, then one column per point."""
+
+
+def explanation_results(
+    models: dict[str, nn.Module],
+    split: Dataset,
+    explainers: list[str],
+    metrics: dict[str, ExplanationMetric],
+    *,
+    target: Target = "label",
+    teacher: nn.Module | None = None,
+    n: int | None = None,
+    layer: str | None = None,
+    tta: bool = False,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> ExplanationResults:
+    """Every model × explainer × metric on the first ``n`` samples of ``split``. ``layer``: the
+    module path the CAM-family methods explain (default: each model's own, its last feature stage);
+    ``tta``: average each map over horizontal flip × brightness {0.9, 1, 1.1} (the thesis's
+    ``aug_smooth``). All metrics of a batch share one context: the clean forward pass and perturbed
+    images two metrics have in common (and the per-sample curves) are computed once."""
+    if target == "teacher" and teacher is None:
+        raise ValueError("--target teacher needs --teacher")
+    check_explainers(models, explainers, layer)
+    if n is not None:
+        split = Subset(split, range(min(n, len(split))))
+    results = ExplanationResults([], {name: [] for name, metric in metrics.items() if hasattr(metric, "point_labels")})
+    for model_name, model in models.items():
+        model.eval().to(device)
+        for method in explainers:
+            def explain_fn(m: nn.Module, x: Tensor, y: Tensor, method: str = method) -> Tensor:
+                return explain(m, x, y, method, layer=explained_layer(method, layer), tta=tta)
+
+            for batch in DataLoader(split, batch_size=batch_size):
+                x = batch["image"].to(device)
+                labels = batch["label"].to(device)
+                y = explanation_targets(target, labels, model, teacher, x)
+                mask = batch.get("mask")
+                a = explain_fn(model, x, y).detach()
+                context = EvaluationContext(model, x, y, a, None if mask is None else mask.to(device), explain_fn)
+                with eval_mode(model):
+                    scores = {name: metric.evaluate(context) for name, metric in metrics.items()}
+                    points = {name: metrics[name].points(context) for name in results.curves}
+                for i in range(len(x)):
+                    ids = {"model": model_name, "explainer": method, "index": int(batch["index"][i]),
+                           "label": int(labels[i]), "target": int(y[i])}
+                    results.scores.append(ids | {name: float(values[i]) for name, values in scores.items()})
+                    for name, values in points.items():
+                        point_values = dict(zip(metrics[name].point_labels, values[i].tolist(), strict=True))
+                        results.curves[name].append(ids | point_values)
+    return results
+
+
 def evaluate_explanations(
     models: dict[str, nn.Module],
     split: Dataset,
@@ -55,32 +167,17 @@ def evaluate_explanations(
     target: Target = "label",
     teacher: nn.Module | None = None,
     n: int | None = None,
+    layer: str | None = None,
+    tta: bool = False,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
 ) -> list[dict]:
-    """One row per (model, explainer, sample): ``model``, ``explainer``, ``index``, ``target`` and
-    each metric's score (NaN where the metric is undefined for the sample, e.g. an empty mask).
-    Metrics that share perturbed forward passes compute them once per batch."""
-    if n is not None:
-        split = Subset(split, range(min(n, len(split))))
-    rows = []
-    for model_name, model in models.items():
-        model.eval().to(device)
-        for method in explainers:
-            def explain_fn(m: nn.Module, x: Tensor, y: Tensor, method: str = method) -> Tensor:
-                return explain(m, x, y, method)
-
-            for batch in DataLoader(split, batch_size=batch_size):
-                x = batch["image"].to(device)
-                y = explanation_targets(target, batch["label"].to(device), model, teacher, x)
-                mask = batch.get("mask")
-                scores = evaluate_metrics(
-                    metrics, model, x, y, explain_fn(model, x, y).detach(), None if mask is None else mask.to(device), explain_fn
-                )
-                for i in range(len(x)):
-                    row = {"model": model_name, "explainer": method, "index": int(batch["index"][i]), "target": int(y[i])}
-                    rows.append(row | {name: float(values[i]) for name, values in scores.items()})
-    return rows
+    """The per-sample score rows of :func:`explanation_results`: one per (model, explainer, sample)
+    with ``model``, ``explainer``, ``index``, ``label``, ``target`` and each metric's score."""
+    return explanation_results(
+        models, split, explainers, metrics, target=target, teacher=teacher, n=n, layer=layer, tta=tta,
+        batch_size=batch_size, device=device,
+    ).scores
 
 
 def aggregate_scores(rows: list[dict], metric_names: list[str]) -> list[dict]:

@@ -352,7 +352,14 @@ class DecilePredictionDrop(PixelCurve):
     dataset mean: 0 for mean/std-normalised inputs, or one value per channel) and record the
     probability of the explained class: a 10-point curve, least salient decile first. The score is
     the first point minus the last: how much better the prediction survives losing its least
-    salient tenth than its most salient one. Higher is better."""
+    salient tenth than its most salient one. Higher is better.
+
+    :meth:`points` is the curve as the thesis tabulates it per image: the unperturbed image's
+    probability first (its "−10 %" column), then the deciles starting at 0 %, 10 %, …, 90 % of
+    ascending attribution (:attr:`point_labels`)."""
+
+    point_labels = ("-10%", *(f"{10 * d}%" for d in range(10)))
+    """Column names of :meth:`points`: ``-10%`` (nothing removed), then each decile's first percentile."""
 
     def __init__(self, *, fill: float | tuple[float, ...] = 0.0) -> None:
         super().__init__()
@@ -362,6 +369,11 @@ class DecilePredictionDrop(PixelCurve):
         n = n_pixels(context)
         steps = [(d * n // 10, (d + 1) * n // 10, 0) for d in range(10)]
         return context.sweep(self.pixel_sweep(context, "ascending", steps, self.fill)).prob.double()
+
+    def points(self, context: EvaluationContext) -> Tensor:
+        """``(B, 11)``: the probability of the explained class on the unperturbed image, then the
+        10-point curve; on a shared context this costs no forward pass beyond the metric's own."""
+        return torch.cat([context.clean().prob.double()[:, None], self.compute_curve(context)], dim=1)
 
     def compute(self, context: EvaluationContext) -> Tensor:
         curve = self.compute_curve(context)

@@ -76,6 +76,10 @@ def _make_stage(in_channels: int, out_channels: int, num_blocks: int, stride: in
     return nn.Sequential(*blocks)
 
 
+# mdistiller/CRD name the projection shortcut ``downsample``; their AvgPool2d(8) equals our
+# adaptive pooling on 32×32 inputs, so their weights give the same logits here.
+MDISTILLER_KEYS = ((r"\.downsample\.", ".shortcut."),)
+
 _PLAIN_WIDTHS = (16, 16, 32, 64)
 _X4_WIDTHS = (32, 64, 128, 256)
 _VARIANTS = {
@@ -97,4 +101,5 @@ for _name, (_depth, _widths) in _VARIANTS.items():
         family="cifar_resnet",
         stages=("layer1", "layer2", "layer3"),
         classifier="fc",
+        foreign_keys={"mdistiller": MDISTILLER_KEYS},
     )

@@ -88,4 +88,6 @@ register_model(
     # Ends of the 16×16, 8×8 and 4×4 groups (for 32×32 inputs), then the 2×2 map that is pooled.
     stages=("blocks.1", "blocks.2", "blocks.4", "final_conv"),
     classifier="classifier",
+    # mdistiller/CRD's mobile_half: head conv ``conv2``, classifier wrapped in a Sequential.
+    foreign_keys={"mdistiller": ((r"^conv2\.", "final_conv."), (r"^classifier\.0\.", "classifier."))},
 )

@@ -1,5 +1,6 @@
 """ShuffleNetV1 (g=3) and ShuffleNetV2 (1×) for CIFAR, as in the distillation benchmarks (CRD,
-mdistiller): no stem downsampling, three stages that each halve the resolution."""
+mdistiller): a 1×1 stem convolution without downsampling, three stages that each halve the
+resolution."""
 
 from __future__ import annotations
 
@@ -133,7 +134,9 @@ class ShuffleNetV2(nn.Module):
     ) -> None:
         super().__init__()
         stem_width = 24
-        self.conv1 = nn.Conv2d(in_channels, stem_width, 3, padding=1, bias=False)
+        # A 1×1 stem as in the benchmark code (CRD, mdistiller), whose published results and
+        # checkpoints are of this architecture.
+        self.conv1 = nn.Conv2d(in_channels, stem_width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_width)
         stages: list[nn.Sequential] = []
         channels = stem_width
@@ -156,12 +159,41 @@ class ShuffleNetV2(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+# mdistiller/CRD's ShuffleV1 names its classifier ``linear``.
+SHUFFLEV1_MDISTILLER_KEYS = ((r"^linear\.", "fc."),)
+
+# mdistiller/CRD's ShuffleV2 names the layers of each unit: unit 0 of a stage (DownBlock) has
+# conv1..bn2 (our branch1) and conv3..bn5 (our branch2), later units (BasicBlock) conv1..bn3 (our
+# branch2); indices skip our ReLUs. The head is conv2/bn2, the classifier ``linear``.
+SHUFFLEV2_MDISTILLER_KEYS = (
+    (r"^(layer\d+\.0)\.conv1\.", r"\1.branch1.0."),
+    (r"^(layer\d+\.0)\.bn1\.", r"\1.branch1.1."),
+    (r"^(layer\d+\.0)\.conv2\.", r"\1.branch1.2."),
+    (r"^(layer\d+\.0)\.bn2\.", r"\1.branch1.3."),
+    (r"^(layer\d+\.0)\.conv3\.", r"\1.branch2.0."),
+    (r"^(layer\d+\.0)\.bn3\.", r"\1.branch2.1."),
+    (r"^(layer\d+\.0)\.conv4\.", r"\1.branch2.3."),
+    (r"^(layer\d+\.0)\.bn4\.", r"\1.branch2.4."),
+    (r"^(layer\d+\.0)\.conv5\.", r"\1.branch2.5."),
+    (r"^(layer\d+\.0)\.bn5\.", r"\1.branch2.6."),
+    (r"^(layer\d+\.\d+)\.conv1\.", r"\1.branch2.0."),
+    (r"^(layer\d+\.\d+)\.bn1\.", r"\1.branch2.1."),
+    (r"^(layer\d+\.\d+)\.conv2\.", r"\1.branch2.3."),
+    (r"^(layer\d+\.\d+)\.bn2\.", r"\1.branch2.4."),
+    (r"^(layer\d+\.\d+)\.conv3\.", r"\1.branch2.5."),
+    (r"^(layer\d+\.\d+)\.bn3\.", r"\1.branch2.6."),
+    (r"^conv2\.", "final_conv.0."),
+    (r"^bn2\.", "final_conv.1."),
+    (r"^linear\.", "fc."),
+)
+
 register_model(
     "shufflenetv1",
     ShuffleNetV1,
     family="shufflenetv1",
     stages=("layer1", "layer2", "layer3"),
     classifier="fc",
+    foreign_keys={"mdistiller": SHUFFLEV1_MDISTILLER_KEYS},
 )
 register_model(
     "shufflenetv2",
@@ -170,4 +202,5 @@ register_model(
     # layer3 and final_conv share the last resolution; final_conv is the map that is pooled.
     stages=("layer1", "layer2", "final_conv"),
     classifier="fc",
+    foreign_keys={"mdistiller": SHUFFLEV2_MDISTILLER_KEYS},
 )

@@ -61,4 +61,6 @@ for _name, _block_widths in _BLOCK_WIDTHS.items():
         family="vgg",
         stages=("block0", "block1", "block2", "block3", "block4"),
         classifier="classifier",
+        # mdistiller's vgg*_bn: the same names (its last ReLU of a block is functional, no weights).
+        foreign_keys={"mdistiller": ()},
     )

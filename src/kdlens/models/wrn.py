@@ -65,6 +65,14 @@ def _make_stage(in_channels: int, out_channels: int, num_blocks: int, stride: in
     return nn.Sequential(*blocks)
 
 
+# mdistiller/CRD wrap each stage's blocks in ``blockN.layer``, call the projection
+# ``convShortcut`` and the final batch norm ``bn1``; the computation is the same.
+MDISTILLER_KEYS = (
+    (r"^(block\d+)\.layer\.(\d+)\.convShortcut\.", r"\1.\2.projection."),
+    (r"^(block\d+)\.layer\.", r"\1."),
+    (r"^bn1\.", "final_bn."),
+)
+
 for _depth, _widen_factor in [(16, 1), (16, 2), (40, 1), (40, 2)]:
     register_model(
         f"wrn_{_depth}_{_widen_factor}",
@@ -73,4 +81,5 @@ for _depth, _widen_factor in [(16, 1), (16, 2), (40, 1), (40, 2)]:
         # block3 ends pre-activation; the stage's activated output is final_relu.
         stages=("block1", "block2", "final_relu"),
         classifier="fc",
+        foreign_keys={"mdistiller": MDISTILLER_KEYS},
     )

@@ -27,7 +27,7 @@ from kdlens.metrics import (
     reliability_diagram,
 )
 from kdlens.models import get_model_spec, resolve_module
-from kdlens.training.checkpoints import load_model
+from kdlens.runs.checkpoints import load_model
 
 ECE_BINS = (10, 15, 20)
 LOCALISATION_METRICS = {

@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from kdlens.config import RecipeConfig
 from kdlens.distill import DistillBatch, DistillLoss
 from kdlens.distill.frozen import TEACHER_LOGITS
-from kdlens.models import FeatureTaps
+from kdlens.models import FeatureTaps, get_model_spec
 from kdlens.training.recipes import build_optimizer, lr_factor, parameter_groups
 
 
@@ -132,7 +132,8 @@ class DistillationModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         global_batch = self.trainer.datamodule.config.batch_size * self.trainer.world_size
-        optimizer = build_optimizer(parameter_groups([self.model, self.losses], self.recipe), self.recipe, global_batch)
+        head = get_model_spec(self.checkpoint_info["model"]).classifier
+        optimizer = build_optimizer(parameter_groups([self.model, self.losses], self.recipe, self.model, head), self.recipe, global_batch)
         steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // self.recipe.epochs)
         scheduler = LambdaLR(optimizer, lr_factor(self.recipe, steps_per_epoch))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -13,26 +13,37 @@ from kdlens.config import CosineSchedule, RecipeConfig, StepSchedule
 _NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
-def parameter_groups(modules: Iterable[nn.Module], recipe: RecipeConfig) -> list[dict]:
+def parameter_groups(modules: Iterable[nn.Module], recipe: RecipeConfig, backbone: nn.Module | None = None,
+                     head: str | None = None) -> list[dict]:
     """All trainable parameters; with ``no_decay_norm_bias`` normalisation weights and biases go to
-    a group without weight decay (decaying them only shrinks scales the next layer undoes)."""
-    decay, no_decay = [], []
+    a group without weight decay (decaying them only shrinks scales the next layer undoes). With
+    ``recipe.backbone_lr_scale``, the parameters of ``backbone`` outside its submodule ``head`` go
+    to groups whose ``lr_scale`` :func:`build_optimizer` applies."""
+    head_params = set(backbone.get_submodule(head).parameters()) if backbone is not None and head else set()
+    backbone_params = set(backbone.parameters()) - head_params if backbone is not None and recipe.backbone_lr_scale else set()
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for module in modules:
         for sub in module.modules():
             for name, param in sub.named_parameters(recurse=False):
                 if not param.requires_grad:
                     continue
                 exempt = recipe.no_decay_norm_bias and (isinstance(sub, _NORM_LAYERS) or name == "bias")
-                (no_decay if exempt else decay).append(param)
-    groups = [{"params": decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+                groups.setdefault((param in backbone_params, exempt), []).append(param)
+    result = []
+    for (in_backbone, exempt), params in sorted(groups.items()):
+        group: dict = {"params": params}
+        if exempt:
+            group["weight_decay"] = 0.0
+        if in_backbone:
+            group["lr_scale"] = recipe.backbone_lr_scale
+        result.append(group)
+    return result or [{"params": []}]
 
 
 def build_optimizer(groups: list[dict], recipe: RecipeConfig, global_batch: int | None = None) -> torch.optim.Optimizer:
     opt = recipe.optimizer
     lr = scaled_lr(recipe, global_batch)
+    groups = [{**{k: v for k, v in g.items() if k != "lr_scale"}, "lr": lr * g["lr_scale"]} if "lr_scale" in g else g for g in groups]
     if opt.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=opt.nesterov)
     optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}[opt.name]

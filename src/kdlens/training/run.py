@@ -25,13 +25,15 @@ from kdlens.io import atomic_write_text, write_json
 from kdlens.metrics.evaluate import evaluate_models
 from kdlens.models import count_parameters, create_model, get_model_spec
 from kdlens.training.callbacks import RNGStateCallback
-from kdlens.training.checkpoints import (
-    CHECKPOINT_FORMAT,
-    AtomicCheckpointIO,
+from kdlens.runs.checkpoints import (
+    checkpoint_info,
+    is_kdlens_checkpoint,
     load_checkpoint_file,
-    load_model,
     model_from_checkpoint,
+    pretrained_source,
 )
+from kdlens.runs.importing import import_or_load
+from kdlens.training.checkpoints import AtomicCheckpointIO
 from kdlens.training.datamodule import BundleDataModule
 from kdlens.training.module import DistillationModule
 
@@ -45,21 +47,41 @@ class RunResult:
     """None on the non-zero ranks of a distributed run."""
 
 
-def load_pretrained(config: ModelConfig, bundle: DataBundle, role: str) -> nn.Module:
-    """A model from a kdlens checkpoint, checked against the dataset it will be used on."""
-    model, info = load_model(config.checkpoint)
-    problems = [
-        f"{key} {info[key]} != the dataset's {value}"
-        for key, value in (("num_classes", bundle.num_classes), ("in_channels", bundle.in_channels))
-        if info[key] != value
-    ]
-    if info["model"] != config.name:
-        problems.append(f"architecture '{info['model']}' != the config's '{config.name}'")
-    if problems:
-        raise ConfigError(
-            f"{role} checkpoint '{config.checkpoint}' does not fit this experiment: {'; '.join(problems)}. "
-            f"Use a {role} trained on this dataset, or fix {role}.name."
-        )
+def build_model(config: ModelConfig, bundle: DataBundle, role: str) -> nn.Module:
+    """The model ``config`` describes, for ``bundle``'s classes and channels: from a checkpoint
+    (kdlens's, or any format ``kdlens import`` reads), from published weights by name, or freshly
+    initialised. A teacher must predict the dataset's classes as it is; a model being trained may
+    get a new head (fine-tuning)."""
+    if config.checkpoint is not None:
+        checkpoint = load_checkpoint_file(config.checkpoint)
+        if not is_kdlens_checkpoint(checkpoint):  # another codebase's file: converted once, then cached
+            return import_or_load(config.checkpoint, config.name, bundle)[0]
+        model, info = model_from_checkpoint(checkpoint, config.checkpoint)
+        problems = [
+            f"{key} {info[key]} != the dataset's {value}"
+            for key, value in (("num_classes", bundle.num_classes), ("in_channels", bundle.in_channels))
+            if info[key] != value
+        ]
+        if info["model"] != config.name:
+            problems.append(f"architecture '{info['model']}' != the config's '{config.name}'")
+        if problems:
+            raise ConfigError(
+                f"{role} checkpoint '{config.checkpoint}' does not fit this experiment: {'; '.join(problems)}. "
+                f"Use a {role} trained on this dataset, or fix {role}.name."
+            )
+        return model
+    model = create_model(config.name, bundle.num_classes, bundle.in_channels, weights=config.weights, weights_file=config.weights_file)
+    if config.weights is not None and role == "teacher":
+        predicts = len(model.pretrained_cfg.get("class_names") or []) or None
+        if predicts is not None and predicts != bundle.num_classes:
+            raise ConfigError(
+                f"teacher weights {config.weights} of '{config.name}' predict {predicts} classes but "
+                f"the dataset has {bundle.num_classes}: a teacher's head cannot be "
+                "replaced untrained. Fine-tune it first (`kdlens train` with model.weights) and use that checkpoint "
+                "as teacher.checkpoint, or use a dataset with the weights' label set (e.g. imagenet_s labels: imagenet1k)"
+            )
+    if hasattr(model, "set_input_normalization"):  # B-cos nets encode [x, 1−x] of pixels in [0, 1]
+        model.set_input_normalization(bundle.mean, bundle.std)
     return model
 
 
@@ -80,23 +102,13 @@ def run_experiment(
         raise ConfigError("trainer.sync_batchnorm needs GPUs (torch's SyncBatchNorm is CUDA-only): set it to false on CPU")
     L.seed_everything(config.seed, workers=True, verbose=False)
     bundle = bundle or build_data(config.data)
-    model = create_model(config.model.name, bundle.num_classes, bundle.in_channels)
-    if hasattr(model, "set_input_normalization"):  # B-cos nets encode [x, 1−x] of pixels in [0, 1]
-        model.set_input_normalization(bundle.mean, bundle.std)
-    if config.model.checkpoint:
-        model.load_state_dict(load_pretrained(config.model, bundle, "model").state_dict())
-    teacher = load_pretrained(config.teacher, bundle, "teacher") if config.teacher else None
-    checkpoint_info = {
-        "format": CHECKPOINT_FORMAT,
-        "model": config.model.name,
-        "num_classes": bundle.num_classes,
-        "in_channels": bundle.in_channels,
-        "image_size": list(bundle.image_size),
-        "class_names": list(bundle.class_names),
-        "mean": list(bundle.mean),
-        "std": list(bundle.std),
-        "config": config.model_dump(mode="json"),
-    }
+    model = build_model(config.model, bundle, "model").train()
+    teacher = build_model(config.teacher, bundle, "teacher") if config.teacher else None
+    info = checkpoint_info(
+        config.model.name, num_classes=bundle.num_classes, in_channels=bundle.in_channels, image_size=bundle.image_size,
+        class_names=bundle.class_names, mean=bundle.mean, std=bundle.std, config=config.model_dump(mode="json"),
+        source=_weights_source(config.model, model),
+    )
     context = TermContext(
         student=model,
         student_spec=get_model_spec(config.model.name),
@@ -113,7 +125,7 @@ def run_experiment(
     for network in (model, teacher):
         if network is not None:
             network.to(memory_format=memory_format)
-    module = DistillationModule(model, losses, config.recipe, bundle.num_classes, checkpoint_info, probe, teacher, memory_format)
+    module = DistillationModule(model, losses, config.recipe, bundle.num_classes, info, probe, teacher, memory_format)
     if config.trainer.compile:
         if any(losses.feature_paths()):
             raise ConfigError(
@@ -174,6 +186,16 @@ def run_experiment(
     }
     write_json(run_dir / "results.json", results)
     return RunResult(run_dir, best_path, last_path, results)
+
+
+def _weights_source(config: ModelConfig, model: nn.Module) -> dict[str, Any] | None:
+    """Where the model's starting weights came from, with the normalisation and class names they
+    were published with (the checkpoint's own mean/std are the dataset's, which fed the training)."""
+    if config.weights is not None:
+        return pretrained_source(model, config.weights)
+    if config.checkpoint is not None:
+        return {"checkpoint": config.checkpoint}
+    return None
 
 
 def _check_run_dir(config: ExperimentConfig, run_dir: Path, last_path: Path, resume: bool) -> None:
