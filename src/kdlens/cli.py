@@ -213,7 +213,7 @@ def _evaluate_explanations(checkpoints, loaded, bundle, teacher_model, explainer
     """Check the explanation options against the data and every model (the teacher's included)
     without doing any work, and return the function that explains, scores and writes to ``out``."""
     from kdlens.io import atomic_write_text
-    from kdlens.metrics.explanation_evaluation import aggregate_scores, check_explainers, explanation_results, metrics_from_spec
+    from kdlens.metrics.explanation_evaluation import aggregate_scores, check_explainers, evaluate_explanations, metrics_from_spec
     from kdlens.report.tables import format_table, rows_to_csv
 
     methods = [m.strip() for m in explainer.split(",") if m.strip()]
@@ -234,7 +234,7 @@ def _evaluate_explanations(checkpoints, loaded, bundle, teacher_model, explainer
 
     def run(out: Path | None) -> None:
         try:
-            results = explanation_results(models, bundle.test, methods, chosen, target=target, teacher=teacher_model,
+            results = evaluate_explanations(models, bundle.test, methods, chosen, target=target, teacher=teacher_model,
                                           n=n, layer=layer, tta=tta)
         except (KeyError, ValueError) as err:
             raise ConfigError(str(err).strip("'\"")) from None

@@ -97,7 +97,7 @@ def explanation_targets(target: Target, labels: Tensor, model: nn.Module, teache
 
 @dataclass
 class ExplanationResults:
-    """What :func:`explanation_results` computes."""
+    """What :func:`evaluate_explanations` computes."""
 
     scores: list[dict]
     """One row per (model, explainer, sample): ``model``, ``explainer``, ``index``, ``label``,
@@ -107,7 +107,7 @@ class ExplanationResults:
     row per (model, explainer, sample), the same identifying columns, then one column per point."""
 
 
-def explanation_results(
+def evaluate_explanations(
     models: dict[str, nn.Module],
     split: Dataset,
     explainers: list[str],
@@ -157,27 +157,6 @@ def explanation_results(
                         results.curves[name].append(ids | point_values)
     return results
 
-
-def evaluate_explanations(
-    models: dict[str, nn.Module],
-    split: Dataset,
-    explainers: list[str],
-    metrics: dict[str, ExplanationMetric],
-    *,
-    target: Target = "label",
-    teacher: nn.Module | None = None,
-    n: int | None = None,
-    layer: str | None = None,
-    tta: bool = False,
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-) -> list[dict]:
-    """The per-sample score rows of :func:`explanation_results`: one per (model, explainer, sample)
-    with ``model``, ``explainer``, ``index``, ``label``, ``target`` and each metric's score."""
-    return explanation_results(
-        models, split, explainers, metrics, target=target, teacher=teacher, n=n, layer=layer, tta=tta,
-        batch_size=batch_size, device=device,
-    ).scores
 
 
 def aggregate_scores(rows: list[dict], metric_names: list[str]) -> list[dict]:
