@@ -29,16 +29,20 @@ from torch.utils.data import DataLoader, Subset
 
 from kdlens.config import validate_config, validate_data_config
 from kdlens.data import build_data
-from kdlens.explain import explain
-from kdlens.io import atomic_write_text, write_json
-from kdlens.metrics import attribution_cosine, create_metrics, evaluate_metrics, expected_calibration_error
-from kdlens.metrics.classification import classification_report
-from kdlens.metrics.evaluate import predict_splits
-from kdlens.report.analysis import nanmean
-from kdlens.report.runs import format_mean_std
-from kdlens.runs.checkpoints import load_model
+from kdlens.evaluation import (
+    aggregate_scores,
+    evaluate_explanations,
+    format_aggregate,
+    nanmean,
+    predict_splits,
+    resolve_device,
+    split_reports,
+)
+from kdlens.io import atomic_write_text, markdown_table, write_json
+from kdlens.metrics import attribution_cosine, create_metrics, expected_calibration_error
+from kdlens.runs import RunFolder, RunResults, load_model
 from kdlens.training.run import run_experiment
-from kdlens.training.sweep import markdown_table, plan_sweep, run_sweep
+from kdlens.training.sweep import plan_sweep, run_sweep
 
 COLUMN_NOTES = {
     "best top-1": "test top-1 of the checkpoint with the best validation top-1",
@@ -84,7 +88,7 @@ class Timings:
         self.path = path
         self.seconds: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
 
-    def train(self, config, resume: bool) -> dict:
+    def train(self, config, resume: bool) -> RunResults | None:
         started = time.perf_counter()
         results = run_experiment(config, resume=resume).results
         key = str(config.run_dir)
@@ -93,19 +97,21 @@ class Timings:
         return results
 
 
-def train_teachers(spec: dict[str, Any], out: Path, timings: Timings) -> dict[str, Path]:
-    checkpoints = {}
+def train_teachers(spec: dict[str, Any], out: Path, timings: Timings) -> dict[str, RunFolder]:
+    teachers = {}
     for name, raw in spec["teachers"].items():
         config = validate_config({**raw, "name": f"teacher_{name}", "output_dir": str(out / "teachers" / name)})
-        if (config.run_dir / "results.json").exists():
-            print(f"teacher {name}: cached in {config.run_dir}")
+        folder = RunFolder(config.run_dir)
+        if folder.finished:
+            print(f"teacher {name}: cached in {folder.path}")
         else:
-            timings.train(config, (config.run_dir / "checkpoints" / "last.ckpt").exists())
-        checkpoints[name] = config.run_dir / "checkpoints" / "best.ckpt"
-    return checkpoints
+            timings.train(config, folder.resumable)
+        teachers[name] = folder
+    return teachers
 
 
 def row_config(spec: dict[str, Any], row: dict[str, Any], teachers: dict[str, Path]) -> dict[str, Any]:
+    """The row's experiment config; ``teachers``: teacher name → its checkpoint."""
     sections = {k: v for k, v in row.items() if k not in ("row", "teacher", "explainer")}
     raw = {**json.loads(json.dumps(spec["student"])), **sections, "name": slug(row["row"])}
     if "teacher" in row:
@@ -115,36 +121,36 @@ def row_config(spec: dict[str, Any], row: dict[str, Any], teachers: dict[str, Pa
 
 
 class Evaluator:
-    """Evaluates checkpoints on the students' test (and extra) splits; the teacher's predictions
-    are computed once per teacher."""
+    """Evaluates checkpoints on the students' test (and extra) splits through :mod:`kdlens.evaluation`
+    (on ``device``: CUDA when present); the teacher's predictions and maps are computed once per teacher."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: dict[str, Any], device: str | None = None) -> None:
+        self.device = resolve_device(device)
         self.data_config = validate_data_config({**spec["student"]["data"], "augment": False})
         self.bundle = build_data(self.data_config)
-        n = min(spec["explain_n"], len(self.bundle.test))
-        batch = next(iter(DataLoader(Subset(self.bundle.test, range(n)), batch_size=n)))
-        self.images, self.masks = batch["image"], batch.get("mask")
+        self.split = Subset(self.bundle.test, range(min(spec["explain_n"], len(self.bundle.test))))
+        self.masks = next(iter(DataLoader(self.split, batch_size=len(self.split)))).get("mask")
         self.metrics = create_metrics(spec["metrics"])
         self._teachers: dict[Path, tuple] = {}
 
+    def explain(self, model, explainer: str, metrics: dict, target: str = "pred", teacher=None):
+        """The explained images, all in one batch (the metrics' context is shared by all of them)."""
+        return evaluate_explanations({"model": model}, self.split, [explainer], metrics, target=target, teacher=teacher,
+                                     batch_size=len(self.split), device=self.device, keep_maps=True)
+
     def teacher(self, checkpoint: Path, explainer: str) -> tuple:
-        """(model, test-split predictions, top-1 on the explained images, its maps of that class)."""
+        """(model, predictions of every evaluation split, its maps of its top-1 on the explained images)."""
         if checkpoint not in self._teachers:
-            model, _ = load_model(checkpoint)
-            with torch.no_grad():
-                top1 = model(self.images).argmax(1)
-            maps = explain(model, self.images, top1, explainer).detach()
-            self._teachers[checkpoint] = (model, predict_splits(model, self.bundle, self.data_config), top1, maps)
+            model = load_model(checkpoint)[0].to(self.device)
+            maps = self.explain(model, explainer, {}).maps[("model", explainer)]
+            self._teachers[checkpoint] = (model, predict_splits(model, self.bundle, self.data_config, self.device), maps)
         return self._teachers[checkpoint]
 
     def evaluate(self, checkpoint: Path, explainer: str, teacher: tuple | None, last_top1: float | None) -> dict[str, float]:
         started = time.perf_counter()
-        model, _ = load_model(checkpoint)
-        predictions = predict_splits(model, self.bundle, self.data_config)
-        reports = {
-            split: classification_report(p, teacher[1][split] if teacher else None, self.bundle.group_names)
-            for split, p in predictions.items()
-        }
+        model = load_model(checkpoint)[0].to(self.device)
+        predictions = predict_splits(model, self.bundle, self.data_config, self.device)
+        reports = split_reports(predictions, teacher[1] if teacher else None, self.bundle.group_names)
         test = reports["test"]
         result = {
             "best top-1": test["top1"],
@@ -155,21 +161,18 @@ class Evaluator:
         }
         if "shifted" in reports:
             result |= {"shifted top-1": reports["shifted"]["top1"], "worst-group": reports["shifted"]["worst_group_accuracy"]}
-        with torch.no_grad():
-            predicted = model(self.images).argmax(1)
-        maps = explain(model, self.images, predicted, explainer).detach()
-        scores = evaluate_metrics(self.metrics, model, self.images, predicted, maps, self.masks)
-        result |= {name: nanmean(values) for name, values in scores.items()}
+        scores = self.explain(model, explainer, self.metrics).scores
+        result |= {row["metric"]: row["mean"] for row in aggregate_scores(scores, list(self.metrics))}
         if teacher:
-            student_maps = explain(model, self.images, teacher[2], explainer).detach()
-            result["explanation cosine"] = nanmean(attribution_cosine(teacher[3], student_maps))
+            student_maps = self.explain(model, explainer, {}, target="teacher", teacher=teacher[0]).maps[("model", explainer)]
+            result["explanation cosine"] = nanmean(attribution_cosine(teacher[2], student_maps))
         result["evaluation seconds"] = time.perf_counter() - started
         return result
 
 
-def last_top1(run_dir: Path) -> float:
-    """Test top-1 after the run's last epoch, from its results.json."""
-    return json.loads((run_dir / "results.json").read_text())["last"]["test"]["top1"]
+def last_top1(folder: RunFolder) -> float | None:
+    """Test top-1 after the run's last epoch, from its results."""
+    return folder.read_results().metric("last", "test", "top1")
 
 
 def cached_evaluation(run_dir: Path, settings: dict, evaluate) -> dict[str, float]:
@@ -188,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("spec", type=Path)
     parser.add_argument("--seeds", type=int, help="seeds per row (default: the spec's)")
+    parser.add_argument("--device", help="device the evaluation runs on: cpu, cuda, ... (default: CUDA when present, else CPU)")
     args = parser.parse_args(argv)
     spec = read_spec(args.spec, args.seeds)
     out = Path(spec["output_dir"])
@@ -198,19 +202,18 @@ def main(argv: list[str] | None = None) -> None:
     row_runs = []
     for row in spec["rows"]:
         row_dir = out / slug(row["row"])
-        runs = plan_sweep(row_config(spec, row, teachers), [], spec["seeds"], row_dir)
+        runs = plan_sweep(row_config(spec, row, {name: folder.best for name, folder in teachers.items()}), [], spec["seeds"], row_dir)
         run_sweep(runs, row_dir, timings.train)
         row_runs.append((row, runs))
 
-    evaluator = Evaluator(spec)
+    evaluator = Evaluator(spec, args.device)
     settings = {k: spec[k] for k in ("student", "explain_n", "metrics")}
     table, warnings = [], []
-    for name, checkpoint in teachers.items():
+    for name, folder in teachers.items():
         explainer = teacher_explainer(spec, name)
-        run_dir = checkpoint.parent.parent
-        result = cached_evaluation(run_dir, {**settings, "explainer": explainer},
-                                   lambda: evaluator.evaluate(checkpoint, explainer, None, last_top1(run_dir)))
-        table.append(table_row(f"teacher ({name})", explainer, [result], spec, [str(run_dir)], timings))
+        result = cached_evaluation(folder.path, {**settings, "explainer": explainer},
+                                   lambda: evaluator.evaluate(folder.best, explainer, None, last_top1(folder)))
+        table.append(table_row(f"teacher ({name})", explainer, [result], spec, [str(folder.path)], timings))
         chance = 1 / evaluator.bundle.num_classes
         if result["best top-1"] < 1.5 * chance:  # a teacher this weak makes its students' rows meaningless
             warnings.append(f"**Teacher {name} did not learn** (test top-1 {result['best top-1']:.3f}, chance "
@@ -220,8 +223,9 @@ def main(argv: list[str] | None = None) -> None:
 
         def evaluate(run_dir: Path, row: dict = row, explainer: str = explainer) -> dict[str, float]:
             # The teacher's outputs are computed (once) only when a run of its rows is not evaluated yet.
-            teacher = evaluator.teacher(teachers[row["teacher"]], teacher_explainer(spec, row["teacher"])) if "teacher" in row else None
-            return evaluator.evaluate(run_dir / "checkpoints" / "best.ckpt", explainer, teacher, last_top1(run_dir))
+            teacher = evaluator.teacher(teachers[row["teacher"]].best, teacher_explainer(spec, row["teacher"])) if "teacher" in row else None
+            folder = RunFolder(run_dir)
+            return evaluator.evaluate(folder.best, explainer, teacher, last_top1(folder))
 
         results = [
             cached_evaluation(run.config.run_dir, {**settings, "explainer": explainer, "teacher": row.get("teacher")},
@@ -241,7 +245,7 @@ def table_row(title: str, explainer: str, results: list[dict], spec: dict[str, A
     row = {"row": title, "seeds": len(results), "explainer": explainer}
     for column in spec["columns"]:
         values = [r.get(ALIASES.get(column, column)) for r in results]
-        row[column] = format_mean_std([v for v in values if v is not None], digits=4)
+        row[column] = format_aggregate(values, digits=4)
     row["_train_seconds"] = sum(timings.seconds.get(d, 0.0) for d in run_dirs)
     row["_evaluation_seconds"] = sum(r["evaluation seconds"] for r in results)
     return row

@@ -119,7 +119,7 @@ def test_lrp_explanation_term_trains_the_student_and_not_the_teacher():
 
 
 def test_lrp_maps_equal_the_lrp_explainer_where_there_is_no_batchnorm_to_merge():
-    from kdlens.distill.e2kd import differentiable_lrp
+    from kdlens.distill.e2kd import explanation_maps
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(
@@ -127,7 +127,7 @@ def test_lrp_maps_equal_the_lrp_explainer_where_there_is_no_batchnorm_to_merge()
         torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 3),
     ).eval()
     x, target = torch.randn(2, 3, 8, 8), torch.tensor([0, 2])
-    maps = differentiable_lrp(model, x, target, create_graph=False)
+    maps = explanation_maps("lrp", model, x, target, create_graph=False)  # e²KD's LRP: no canonizers
     assert torch.allclose(maps, explain(model, x, target, "lrp"), atol=1e-6)
 
 
@@ -137,4 +137,24 @@ def test_frozen_lrp_teacher_is_refused():
     raw = {"data": {"name": "shapes"}, "model": {"name": "resnet8"}, "teacher": {"name": "resnet8", "checkpoint": "t.ckpt"},
            "losses": [{"name": "e2kd", "explainer": "lrp", "frozen_teacher": True}]}
     with pytest.raises(ConfigError, match="computed live"):
+        validate_config(raw)
+
+
+@pytest.mark.parametrize("explainer", ["gradcampp", "layercam"])
+def test_any_differentiable_explainer_trains_the_student_and_not_the_teacher(explainer):
+    torch.manual_seed(0)
+    student, teacher = create_model("resnet8", 4, 3), create_model("resnet14", 4, 3)
+    module = _module(student, teacher, E2KDConfig(explainer=explainer))
+    loss, parts = module.losses(module._distill_batch({"image": torch.randn(4, 3, 16, 16), "label": torch.tensor([0, 1, 2, 3])}))
+    loss.backward()
+    assert student.conv1.weight.grad is not None and student.conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_a_non_differentiable_explainer_is_a_config_error_naming_those_that_work():
+    from kdlens.config import ConfigError
+
+    raw = {"data": {"name": "shapes"}, "model": {"name": "resnet8"}, "teacher": {"name": "resnet8", "checkpoint": "t.ckpt"},
+           "losses": [{"name": "e2kd", "explainer": "saliency"}]}
+    with pytest.raises(ConfigError, match=r"'saliency' is not differentiable; use one of: .*gradcam.*lrp"):
         validate_config(raw)

@@ -232,3 +232,15 @@ def test_every_method_gives_finite_maps_of_the_input_size(resnet8, batch):
             continue
         maps = explain(resnet8, x, target, method, **small.get(method, {}))
         assert maps.shape == (4, 1, 16, 16) and torch.isfinite(maps).all(), method
+
+
+def test_lrp_canonizers_come_from_the_model_spec():
+    from zennit.canonizers import AttributeCanonizer, NamedMergeBatchNorm, SequentialMergeBatchNorm
+
+    from kdlens.models import get_model_spec
+
+    model = create_model("resnet8", 10)
+    assert model.kdlens_model == "resnet8" and get_model_spec("resnet8").lrp_canonizers is not None
+    assert [type(c) for c in lrp_canonizers(model)] == [NamedMergeBatchNorm, AttributeCanonizer]
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))  # no spec: the default
+    assert [type(c) for c in lrp_canonizers(plain)] == [SequentialMergeBatchNorm]

@@ -43,7 +43,7 @@ def test_export_never_contains_the_loss_connectors(tmp_path, teacher_checkpoint)
         losses=[{"name": "ce"}, {"name": "fitnet", "weight": 100.0}],
     )
     run = run_experiment(validate_config(raw))
-    assert run.results["connector_parameters"] > 0
+    assert run.results.connector_parameters > 0
     result = CliRunner().invoke(app, ["export", str(run.best_checkpoint)])
     assert result.exit_code == 0, result.output
     graph = onnx.load(str(run.best_checkpoint.with_suffix(".onnx"))).graph

@@ -379,3 +379,29 @@ def test_thesis_constants_scale_to_the_image_size():
     at_32 = thesis_overrides(3, 32, 32)
     assert at_32["monotonicity_correlation"]["features_in_step"] * 48 == 3 * 32 * 32
     assert at_32["top_k_intersection"]["k"] == 20
+
+
+def test_metric_parameters_are_keyword_only_fields_with_one_baseline_name() -> None:
+    import dataclasses
+
+    from kdlens.metrics import DecilePredictionDrop, FaithfulnessEstimate, MonotonicityCorrelation
+
+    defaults = {f.name: f.default for f in dataclasses.fields(FaithfulnessEstimate)}
+    assert defaults["baseline"] == "black" and defaults["softmax"] is False and defaults["normalise"] is True
+    assert MonotonicityCorrelation().baseline == "uniform" and DecilePredictionDrop().baseline == 0.0
+    assert FaithfulnessEstimate(perturb_baseline="white").baseline == "white"  # Quantus's name, mapped once
+    with pytest.raises(TypeError):
+        FaithfulnessEstimate(32)  # type: ignore[misc]
+
+
+def test_random_draws_are_torch_streams_or_quantus_numpy_sequence() -> None:
+    from kdlens.metrics.base import RandomDraws
+
+    cpu = torch.device("cpu")
+    draws = RandomDraws(3, cpu)
+    assert torch.equal(draws.uniform((4,), stream=1), RandomDraws(3, cpu).uniform((4,), stream=1))
+    assert not torch.equal(draws.uniform((4,), stream=0), draws.uniform((4,), stream=1))
+    compat, state = RandomDraws(3, cpu, quantus_compat=True), np.random.RandomState(3)
+    assert torch.equal(compat.uniform((2, 3), stream=5), torch.from_numpy(state.uniform(size=(2, 3))))
+    assert torch.equal(compat.permutations(2, 5), torch.from_numpy(np.stack([state.permutation(5) for _ in range(2)])))
+    assert torch.equal(compat.normal((3,), 0.5, 2.0), torch.from_numpy(state.normal(0.5, 2.0, size=3)))

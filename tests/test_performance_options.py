@@ -24,7 +24,7 @@ def test_channels_last_and_bf16_on_cpu(tmp_path, teacher_checkpoint):
     raw["trainer"] = {**raw["trainer"], "channels_last": True, "precision": "bf16-mixed", "accelerator": "cpu"}
     run = run_experiment(validate_config(raw), callbacks=[recorder])
     assert recorder.channels_last and all(recorder.channels_last)
-    assert 0.0 <= run.results["best"]["test"]["top1"] <= 1.0
+    assert 0.0 <= run.results.metric("best", "test", "top1") <= 1.0
     load_model(run.best_checkpoint)
 
 

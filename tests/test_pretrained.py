@@ -146,7 +146,7 @@ def test_distilling_from_a_published_teacher_needs_no_teacher_training(cached_re
         recipe={"epochs": 1}, trainer={"progress_bar": False, "limit_train_batches": 1, "limit_val_batches": 1},
     )
     run = run_experiment(validate_config(raw))
-    assert run.results["teacher"] == "resnet18" and "agreement" in run.results["best"]["test"]
+    assert run.results.teacher == "resnet18" and "agreement" in run.results.best.test
 
 
 def test_a_teacher_whose_weights_predict_other_classes_is_refused(cached_resnet18, tmp_path):
@@ -158,7 +158,7 @@ def test_a_teacher_whose_weights_predict_other_classes_is_refused(cached_resnet1
     config.write_text(yaml.safe_dump(raw))
     result = runner.invoke(app, ["distill", str(config)])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "predict 1000 classes" in result.output and "Fine-tune it first" in result.output
+    assert "predicts 1000 classes" in result.output and "Fine-tune it first" in result.output
 
 
 def test_import_writes_published_weights_as_a_teacher_checkpoint(cached_resnet18, tmp_path):

@@ -36,7 +36,7 @@ def test_plan_is_the_grid_times_seeds_with_one_folder_each(tmp_path, teacher_che
 def test_mean_std_uses_the_sample_deviation():
     values = [0.5, 0.7, 0.9]
     assert mean_std(values) == f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-    assert mean_std([0.5]) == "0.5000 ± 0.0000"
+    assert mean_std([0.5]) == "0.5000"  # one seed: no spread (its std is undefined, not 0)
 
 
 def test_sweep_command_runs_skips_finished_runs_and_aggregates(tmp_path, teacher_checkpoint):

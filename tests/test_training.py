@@ -21,9 +21,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     straight = run_experiment(validate_config(tiny_experiment(tmp_path / "straight")))
     interrupted_config = validate_config(tiny_experiment(tmp_path / "interrupted"))
     first = run_experiment(interrupted_config, callbacks=[StopAfterFirstEpoch()])
-    assert first.results["last"]["epoch"] == 1
+    assert first.results.last.epoch == 1
     resumed = run_experiment(interrupted_config, resume=True)
-    assert resumed.results["last"]["epoch"] == 2
+    assert resumed.results.last.epoch == 2
 
     expected = load_checkpoint_file(straight.last_checkpoint)
     actual = load_checkpoint_file(resumed.last_checkpoint)
@@ -77,14 +77,14 @@ def test_teacher_stays_frozen_in_eval_and_student_trains_again_after_validation(
     teacher_before = load_checkpoint_file(teacher_checkpoint)["state_dict"]
     model, _ = load_model(teacher_checkpoint)
     assert all(torch.equal(v, teacher_before[f"model.{k}"]) for k, v in model.state_dict().items())
-    assert "agreement" in run.results["best"]["test"] and "kl_teacher_student" in run.results["best"]["test"]
+    assert "agreement" in run.results.best.test and "kl_teacher_student" in run.results.best.test
     assert not any(k.startswith("teacher.") for k in load_checkpoint_file(run.last_checkpoint)["state_dict"])
 
 
 def test_teacher_with_other_class_count_is_refused(tmp_path, teacher_checkpoint):
     raw = tiny_experiment(tmp_path / "kd", **kd_sections(teacher_checkpoint))
     raw["data"] = {**raw["data"], "num_classes": 4}
-    with pytest.raises(ConfigError, match="num_classes 3 != the dataset's 4"):
+    with pytest.raises(ConfigError, match="predicts 3 classes, the dataset has 4"):
         run_experiment(validate_config(raw))
 
 

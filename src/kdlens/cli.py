@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from kdlens.config import ConfigError, ExperimentConfig, apply_override, load_config
-from kdlens.data import DataError, DatasetNotFoundError
-from kdlens.explain import ExplainError
-from kdlens.models import UnknownModulePath, WeightsError
-from kdlens.runs.checkpoints import CheckpointError
-from kdlens.training.module import TrainingDiverged
+# Only what --help needs at module level: every command imports what it uses (torch, the
+# registries' packages, Lightning) when it runs.
+from kdlens.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from kdlens.config import ExperimentConfig
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -26,6 +26,7 @@ Overrides = Annotated[Optional[list[str]], typer.Argument(help="key.sub=value ov
 ConfigPath = Annotated[Path, typer.Argument(help="experiment YAML file")]
 Resume = Annotated[bool, typer.Option("--resume", help="continue the run in output_dir from its last checkpoint")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="validate the config and print the resolved plan; no data, no training")]
+Device = Annotated[Optional[str], typer.Option("--device", help="device the models run on: cpu, cuda, cuda:N, mps or auto (default: CUDA when present, else CPU)")]
 
 
 def _user_errors(command):
@@ -35,42 +36,11 @@ def _user_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (
-            ConfigError, CheckpointError, DataError, DatasetNotFoundError, ExplainError, TrainingDiverged, UnknownModulePath,
-            WeightsError,
-        ) as err:
+        except UserError as err:  # ConfigError, DataError, CheckpointError, ExplainError, WeightsError, ...
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
-
-
-def _checkpoints_and_data(checkpoints: list[Path], data: str | None, options: list[str] | None, augment: bool | None = None):
-    """The models of ``checkpoints`` with their facts, and the dataset to use them on: the one the
-    first checkpoint was trained on unless ``data`` names another, with ``--set`` options applied;
-    every model must fit its classes and channels."""
-    from kdlens.config import validate_data_config
-    from kdlens.data import build_data
-    from kdlens.runs.checkpoints import load_model
-
-    loaded = [load_model(path) for path in checkpoints]
-    trained_on = (loaded[0][1].get("config") or {}).get("data")
-    if trained_on is None and not data:
-        raise ConfigError(f"'{checkpoints[0]}' records no dataset (an imported checkpoint): name it with --data")
-    data_raw = {"name": data} if data and (trained_on is None or data != trained_on["name"]) else dict(trained_on)
-    for option in options or []:
-        apply_override(data_raw, option)
-    if augment is not None:
-        data_raw["augment"] = augment
-    data_config = validate_data_config(data_raw)
-    bundle = build_data(data_config)
-    for path, (_, info) in zip(checkpoints, loaded):
-        if (info["num_classes"], info["in_channels"]) != (bundle.num_classes, bundle.in_channels):
-            raise ConfigError(
-                f"'{path}' predicts {info['num_classes']} classes from {info['in_channels']} channels but "
-                f"'{data_config.name}' has {bundle.num_classes} classes and {bundle.in_channels} channels"
-            )
-    return loaded, bundle, data_config
 
 
 def _plan(config: ExperimentConfig) -> str:
@@ -104,18 +74,20 @@ def _run(config: ExperimentConfig, resume: bool, dry_run: bool = False) -> None:
     result = run_experiment(config, resume=resume)
     if result.results is None:
         return
-    best, last = result.results["best"], result.results["last"]
+    best, last, folder = result.results.best, result.results.last, result.folder
     typer.echo(
-        f"{config.name}: best epoch {best['epoch']} val top-1 {best['val_top1']:.4f} test top-1 {best['test']['top1']:.4f}; "
-        f"last epoch {last['epoch']} test top-1 {last['test']['top1']:.4f}"
+        f"{config.name}: best epoch {best.epoch} val top-1 {best.val_top1:.4f} test top-1 {best.metric('test', 'top1'):.4f}; "
+        f"last epoch {last.epoch} test top-1 {last.metric('test', 'top1'):.4f}"
     )
-    typer.echo(f"wrote {result.best_checkpoint}, {result.last_checkpoint}, {result.run_dir / 'results.json'}, logs in {result.run_dir / 'logs'}")
+    typer.echo(f"wrote {folder.best}, {folder.last}, {folder.results_file}, logs in {folder.logs_dir}")
 
 
 @app.command()
 @_user_errors
 def train(config: ConfigPath, overrides: Overrides = None, resume: Resume = False, dry_run: DryRun = False) -> None:
     """Train a model (e.g. a teacher) with its loss terms, without a teacher."""
+    from kdlens.config import load_config
+
     experiment = load_config(config, overrides or [])
     if experiment.teacher is not None:
         raise ConfigError("this config has a teacher: use `kdlens distill` for it")
@@ -126,6 +98,8 @@ def train(config: ConfigPath, overrides: Overrides = None, resume: Resume = Fals
 @_user_errors
 def distill(config: ConfigPath, overrides: Overrides = None, resume: Resume = False, dry_run: DryRun = False) -> None:
     """Distil a student from the config's teacher."""
+    from kdlens.config import load_config
+
     experiment = load_config(config, overrides or [])
     if experiment.teacher is None:
         raise ConfigError("this config has no teacher: add a 'teacher' section, or use `kdlens train`")
@@ -147,10 +121,10 @@ def sweep(
     from kdlens.config import read_raw_config
     from kdlens.report.tables import format_table
     from kdlens.training.run import run_experiment
-    from kdlens.training.sweep import parse_axis, plan_sweep, run_sweep
+    from kdlens.training.sweep import SUMMARY_FILES, default_sweep_dir, parse_axis, plan_sweep, run_sweep
 
     raw = read_raw_config(config, overrides or [])
-    sweep_dir = out or Path("runs") / f"{raw.get('name', 'experiment')}-sweep"
+    sweep_dir = out or default_sweep_dir(raw)
     runs = plan_sweep(raw, [parse_axis(axis) for axis in grid or []], seeds, sweep_dir)
     if dry_run:
         for run in runs:
@@ -158,7 +132,7 @@ def sweep(
         return
     rows = run_sweep(runs, sweep_dir, lambda c, resume: run_experiment(c, resume=resume).results, log=typer.echo)
     typer.echo(format_table(rows))
-    typer.echo(f"wrote {sweep_dir / 'summary.csv'} and {sweep_dir / 'summary.md'}")
+    typer.echo(f"wrote {' and '.join(str(sweep_dir / name) for name in SUMMARY_FILES)}")
 
 
 @app.command()
@@ -175,6 +149,7 @@ def evaluate(
     tta: Annotated[bool, typer.Option("--tta", help="average each explanation over horizontal flip × brightness {0.9, 1, 1.1} (the thesis's aug_smooth)")] = False,
     n: Annotated[Optional[int], typer.Option("--n", min=1, help="explain only the first n test images")] = None,
     out: Annotated[Optional[Path], typer.Option(help="folder for results.json/.csv and the explanation scores")] = None,
+    device: Device = None,
 ) -> None:
     """Accuracy (top-1/top-5), group accuracies, and agreement and KL with a teacher, on the test
     split and any extra evaluation splits of the dataset. With --explainer: every model (and the
@@ -182,72 +157,33 @@ def evaluate(
     (explanations_summary.csv: mean, std, n, NaN count); with decile_prediction_drop, the
     per-image curve too (decile_prediction_drop.csv: columns -10% (unperturbed), 0%, …, 90%).
     Every name is checked before any work starts."""
-    from kdlens.io import atomic_write_text, write_json
-    from kdlens.metrics.evaluate import evaluate_models
-    from kdlens.report.tables import flatten_report, format_table, rows_to_csv
-    from kdlens.runs.checkpoints import load_model
+    from kdlens.evaluation import evaluate_classification, open_checkpoints, plan_explanations, resolve_device, run_explanations
+    from kdlens.io import atomic_write_text, rows_to_csv, write_json
+    from kdlens.report.tables import flatten_report, format_table
 
-    loaded, bundle, data_config = _checkpoints_and_data(checkpoints, data, set_)
-    teacher_model, teacher_info = load_model(teacher) if teacher else (None, None)
-    if teacher_info and (teacher_info["num_classes"], teacher_info["in_channels"]) != (bundle.num_classes, bundle.in_channels):
-        raise ConfigError(
-            f"teacher '{teacher}' predicts {teacher_info['num_classes']} classes from {teacher_info['in_channels']} channels "
-            f"but '{data_config.name}' has {bundle.num_classes} classes and {bundle.in_channels} channels"
-        )
+    chosen_device = resolve_device(device)
+    inputs = open_checkpoints(checkpoints, data, set_, teacher=teacher)
     if not explainer and (layer is not None or tta):
         raise ConfigError("--layer and --tta are options of the explanations: add --explainer (e.g. --explainer gradcam)")
     # Check every explanation name now, before the accuracy pass and before any file is written.
-    explain_run = _evaluate_explanations(checkpoints, loaded, bundle, teacher_model, explainer, metrics, target, layer, tta, n) if explainer else None
-    reports = evaluate_models({str(path): model for path, (model, _) in zip(checkpoints, loaded)}, bundle, data_config, teacher_model)
+    plan = plan_explanations(inputs, explainer, metrics, target, layer, tta, n) if explainer else None
+    reports = evaluate_classification(inputs, chosen_device)
     rows = [{"model": path, **flatten_report(report)} for path, report in reports.items()]
     typer.echo(format_table(rows))
     if out:
         write_json(out / "results.json", reports)
         atomic_write_text(out / "results.csv", rows_to_csv(rows))
         typer.echo(f"wrote {out / 'results.json'} and {out / 'results.csv'}")
-    if explain_run:
-        explain_run(out)
-
-
-def _evaluate_explanations(checkpoints, loaded, bundle, teacher_model, explainer, metrics, target, layer, tta, n):
-    """Check the explanation options against the data and every model (the teacher's included)
-    without doing any work, and return the function that explains, scores and writes to ``out``."""
-    from kdlens.io import atomic_write_text
-    from kdlens.metrics.explanation_evaluation import aggregate_scores, check_explainers, evaluate_explanations, metrics_from_spec
-    from kdlens.report.tables import format_table, rows_to_csv
-
-    methods = [m.strip() for m in explainer.split(",") if m.strip()]
-    models = {"teacher": teacher_model} if teacher_model is not None else {}
-    models |= {str(path): model for path, (model, _) in zip(checkpoints, loaded)}
-    check_explainers(models, methods, layer)
-    if target not in ("label", "pred", "teacher"):
-        raise ConfigError(f"--target must be label, pred or teacher, got '{target}'")
-    if target == "teacher" and teacher_model is None:
-        raise ConfigError("--target teacher needs --teacher")
-    try:
-        chosen = metrics_from_spec(metrics, (bundle.in_channels, *bundle.image_size))
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    needs_masks = [name for name, metric in chosen.items() if "mask" in metric.requires]
-    if needs_masks and len(bundle.test) and "mask" not in bundle.test[0]:
-        raise ConfigError(f"{', '.join(needs_masks)} need segmentation masks, which this dataset's test split does not have")
-
-    def run(out: Path | None) -> None:
-        try:
-            results = evaluate_explanations(models, bundle.test, methods, chosen, target=target, teacher=teacher_model,
-                                          n=n, layer=layer, tta=tta)
-        except (KeyError, ValueError) as err:
-            raise ConfigError(str(err).strip("'\"")) from None
-        summary = aggregate_scores(results.scores, list(chosen))
-        typer.echo(format_table(summary))
-        if out:
-            written = {"explanations.csv": results.scores, "explanations_summary.csv": summary}
-            written |= {f"{name}.csv": rows for name, rows in results.curves.items()}
-            for name, rows in written.items():
-                atomic_write_text(out / name, rows_to_csv(rows))
-            typer.echo(f"wrote {', '.join(str(out / name) for name in written)}")
-
-    return run
+    if plan is None:
+        return
+    explained = run_explanations(plan, chosen_device)
+    typer.echo(format_table(explained.summary))
+    if out:
+        written = {"explanations.csv": explained.scores, "explanations_summary.csv": explained.summary}
+        written |= {f"{name}.csv": rows for name, rows in explained.curves.items()}
+        for name, rows in written.items():
+            atomic_write_text(out / name, rows_to_csv(rows))
+        typer.echo(f"wrote {', '.join(str(out / name) for name in written)}")
 
 
 @app.command()
@@ -256,14 +192,16 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="kdlens checkpoint (.ckpt)")],
     format: Annotated[str, typer.Option("--format", help="export format")] = "onnx",
     out: Annotated[Optional[Path], typer.Option(help="output file; default: beside the checkpoint")] = None,
+    device: Device = None,
 ) -> None:
     """Export the trained model (without connectors) to ONNX, verified with onnxruntime, with a
     model card (.card.json/.card.md) beside it."""
+    from kdlens.device import resolve_device
     from kdlens.export import export_onnx
 
     if format != "onnx":
         raise ConfigError(f"unknown export format '{format}': kdlens exports 'onnx'")
-    result = export_onnx(checkpoint, out)
+    result = export_onnx(checkpoint, out, device=resolve_device(device))
     typer.echo(f"wrote {result.onnx_path} (onnxruntime max |Δlogit| {result.max_abs_difference:.1e}) and {result.card_path}")
 
 
@@ -281,7 +219,7 @@ def import_(
     """Convert a published checkpoint (e.g. an mdistiller/CRD CIFAR-100 teacher
     <arch>_vanilla/ckpt_epoch_240.pth) or published weights by name (--weights) into a kdlens
     checkpoint that computes the same logits."""
-    from kdlens.config import validate_data_config
+    from kdlens.config import apply_override, validate_data_config
     from kdlens.data import describe_data
     from kdlens.models import MODELS
     from kdlens.registry import unknown_name_message
@@ -307,8 +245,8 @@ def import_(
         origin = f"weights {weights}"
     else:
         record = import_checkpoint_file(source, out, architecture, describe_data(data_config), format, config=stored_config)
-        origin = f"format {record['source']['format']}"
-    typer.echo(f"wrote {out} ({origin}, architecture {architecture}, {record['num_classes']} classes of {data_config.name})")
+        origin = f"format {record.source['format']}"
+    typer.echo(f"wrote {out} ({origin}, architecture {architecture}, {record.num_classes} classes of {data_config.name})")
 
 
 @app.command()
@@ -317,11 +255,13 @@ def demo(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/demo"),
     epochs: Annotated[int, typer.Option(help="student epochs")] = 8,
     teacher_epochs: Annotated[int, typer.Option(help="teacher epochs")] = 10,
+    device: Device = None,
 ) -> None:
     """Teacher on unbiased shapes; scratch, KD and e²KD students on shortcut-biased shapes; one table."""
     from kdlens.demo import run_demo
+    from kdlens.device import resolve_device
 
-    run_demo(out, epochs=epochs, teacher_epochs=teacher_epochs, log=typer.echo)
+    run_demo(out, epochs=epochs, teacher_epochs=teacher_epochs, log=typer.echo, device=resolve_device(device))
 
 
 @app.command()
@@ -335,36 +275,38 @@ def explain(
     n: Annotated[int, typer.Option("--n", min=1, help="number of images (the first n of the split)")] = 16,
     split: Annotated[str, typer.Option(help="train, val, test or an extra split of the dataset (e.g. shifted)")] = "test",
     target: Annotated[str, typer.Option(help="class explained: label (true), pred (each model's own top-1) or teacher (the teacher's top-1)")] = "label",
+    device: Device = None,
 ) -> None:
     """Explanation maps of a teacher and its students on the first n images of a split: a PNG grid
     (rows: images; columns: the input, then per method the teacher and each student, one colour
     scale per method) and the raw maps, images, labels and predictions as .npz."""
     import torch
 
-    from kdlens.explain import EXPLAINERS
+    from kdlens.evaluation import open_checkpoints, resolve_device
+    from kdlens.explain import EXPLAINERS, check_target
     from kdlens.explain.figure import write_explanations
     from kdlens.registry import unknown_name_message
 
     for name in method:
         if name not in EXPLAINERS:
             raise ConfigError(unknown_name_message("explanation method", name, EXPLAINERS.names()))
-    if target not in ("label", "pred", "teacher"):
-        raise ConfigError(f"--target must be label, pred or teacher, got '{target}'")
+    check_target(target)  # the first checkpoint is the teacher
+    chosen_device = resolve_device(device)
     # Explain the images themselves, also on the train split: no augmentation.
-    loaded, bundle, data_config = _checkpoints_and_data(checkpoints, data, set_, augment=False)
-    teacher_info = loaded[0][1]
+    inputs = open_checkpoints(checkpoints, data, set_, augment=False)
+    bundle, teacher_info = inputs.bundle, inputs.infos[0]
     splits = {"train": bundle.train, "val": bundle.val, "test": bundle.test, **bundle.extra_splits}
     if split not in splits:
-        raise ConfigError(f"--split '{split}' is not a split of '{data_config.name}'; its splits: {', '.join(splits)}")
+        raise ConfigError(f"--split '{split}' is not a split of '{inputs.data.name}'; its splits: {', '.join(splits)}")
     samples = [splits[split][i] for i in range(min(n, len(splits[split])))]
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model_names = ["teacher"] + [f"student {i}" for i in range(1, len(loaded))]
+    model_names = ["teacher"] + [f"student {i}" for i in range(1, len(checkpoints))]
     png, npz = write_explanations(
-        out, [model.to(device) for model, _ in loaded], model_names, [str(p) for p in checkpoints],
-        torch.stack([s["image"] for s in samples]).to(device), torch.stack([s["label"] for s in samples]).to(device),
-        method, target, mean=teacher_info["mean"], std=teacher_info["std"],
-        class_names=teacher_info.get("class_names") or [str(c) for c in range(bundle.num_classes)],
+        out, [model.to(chosen_device) for model in inputs.models], model_names, [str(p) for p in checkpoints],
+        torch.stack([s["image"] for s in samples]).to(chosen_device),
+        torch.stack([s["label"] for s in samples]).to(chosen_device),
+        method, target, mean=teacher_info.mean, std=teacher_info.std,
+        class_names=teacher_info.class_names or [str(c) for c in range(bundle.num_classes)],
     )
     typer.echo(f"wrote {png} and {npz} ({len(samples)} {split} images, target: {target}; "
                f"columns: {', '.join(model_names)} for {', '.join(method)})")
@@ -378,15 +320,18 @@ def report(
     data_limit: Annotated[int, typer.Option("--data-limit", min=1, help="test images per model for calibration, t-SNE and correlations")] = 512,
     explain_n: Annotated[int, typer.Option("--explain-n", min=1, help="test images explained with Grad-CAM for the explanation metrics")] = 32,
     threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads (default: torch's); 1 is fastest for small models on busy cores")] = None,
+    device: Device = None,
 ) -> None:
     """One self-contained HTML report (embedded images, no external files) of runs and sweeps:
     summary, accuracy, agreement and KL, calibration, explanation metrics and heatmaps, training
     curves, t-SNE of penultimate features and class-correlation matrices. Runs differing only by
     seed are grouped as mean ± std."""
+    from kdlens.evaluation import collect_report_data, resolve_device
     from kdlens.report.build import write_report
 
-    path = write_report(run_dirs, out, data_limit=data_limit, explain_n=explain_n, threads=threads)
-    typer.echo(f"wrote {path}")
+    data = collect_report_data(run_dirs, data_limit=data_limit, explain_n=explain_n, threads=threads,
+                               device=resolve_device(device))
+    typer.echo(f"wrote {write_report(data, out)}")
 
 
 @app.command("runs")
@@ -398,13 +343,14 @@ def runs_command(
     top-1, and status (finished, interrupted, empty/failed); then the command that resumes each
     interrupted run."""
     from kdlens.report.tables import format_table
+    from kdlens.runs.layout import CHECKPOINTS_DIR, CONFIG_FILE, LAST
     from kdlens.runs.listing import COLUMNS, list_runs
 
     if not folder.is_dir():
         raise ConfigError(f"'{folder}' is not a folder: give the folder that holds the run folders (default: runs/)")
     found = list_runs(folder)
     if not found:
-        typer.echo(f"no runs in '{folder}' (a run folder holds config.yaml and/or checkpoints/last.ckpt)")
+        typer.echo(f"no runs in '{folder}' (a run folder holds {CONFIG_FILE} and/or {CHECKPOINTS_DIR}/{LAST})")
         return
     typer.echo(format_table([run.row() for run in found], COLUMNS))
     resumable = [run for run in found if run.resume_command]

@@ -4,26 +4,45 @@ Every section is a pydantic model with ``extra="forbid"``. Options that only mak
 choice (a dataset's options, a schedule's warm-up, a loss term's temperature) live in that choice's
 own model, selected by its ``name``, so an option that nothing reads is an unknown key — an error
 that lists the valid keys.
+
+The ``data`` section and each ``losses[i]`` are validated when a config is validated, against the
+config model their registry holds for their ``name`` at that moment (see :mod:`kdlens.registry`):
+a dataset or loss term registered by a user's module or plugin validates like kdlens's own.
+Reading a config imports only pydantic and yaml; the registries import the packages that fill
+them when a name is first looked up.
 """
 
 from __future__ import annotations
 
+import os
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    SerializeAsAny,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from kdlens.data import DataConfigBase, dataset_config_types
-from kdlens.distill import loss_config_types
-from kdlens.distill.kd import CEConfig
-from kdlens.registry import unknown_name_message
+from kdlens.errors import ConfigError
+from kdlens.registry import DATASETS, LOSSES, MODELS, Registry, unknown_name_message
 
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names every problem and its fix."""
+__all__ = [
+    "ConfigError", "DataConfig", "ExperimentConfig", "LossConfig", "ModelConfig", "RecipeConfig", "Registered",
+    "TrainerConfig", "apply_override", "dump_config", "load_config", "read_raw_config", "registered_section",
+    "validate_config", "validate_data_config", "validate_section",
+]
 
 
 class _Section(BaseModel):
@@ -46,8 +65,6 @@ class ModelConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str) -> str:
-        from kdlens.models import MODELS
-
         if name not in MODELS:
             raise ValueError(MODELS.unknown_message(name))
         return name
@@ -55,9 +72,7 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _weights_file_for_timm(self) -> ModelConfig:
         if self.weights_file is not None:
-            from kdlens.models import get_model_spec
-
-            if get_model_spec(self.name).family != "timm" or self.weights != "pretrained":
+            if MODELS[self.name].family != "timm" or self.weights != "pretrained":
                 raise ValueError(
                     "'weights_file' goes with 'weights: pretrained' on a timm model (name: timm:<name>); "
                     "start other models from a file with 'checkpoint'"
@@ -69,9 +84,7 @@ class ModelConfig(_Section):
         if self.checkpoint is not None and self.weights is not None:
             raise ValueError("set either 'checkpoint' or 'weights', not both: they are two sources of the same weights")
         if self.weights is not None:
-            from kdlens.models import get_model_spec
-
-            names = get_model_spec(self.name).weights
+            names = MODELS[self.name].weights
             if names is None:
                 raise ValueError(
                     f"model '{self.name}' has no published weights by name: use 'checkpoint' "
@@ -84,16 +97,16 @@ class ModelConfig(_Section):
 
 class SGDConfig(_Section):
     name: Literal["sgd"] = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: float = Field(0.05, gt=0, allow_inf_nan=False)
+    momentum: float = Field(0.9, ge=0, allow_inf_nan=False)
+    weight_decay: float = Field(5e-4, ge=0, allow_inf_nan=False)
     nesterov: bool = False
 
 
 class AdamConfig(_Section):
     name: Literal["adam", "adamw", "radam"] = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
 
 
 class StepSchedule(_Section):
@@ -156,9 +169,78 @@ class TrainerConfig(_Section):
     limit_val_batches: int | float = 1.0
     log_every_n_steps: int = 20
 
+    @model_validator(mode="after")
+    def _sync_batchnorm_needs_gpus(self) -> TrainerConfig:
+        if self.sync_batchnorm:
+            import torch
 
-DataConfig = Annotated[Union[tuple(dataset_config_types())], Field(discriminator="name")]
-LossConfig = Annotated[Union[tuple(loss_config_types())], Field(discriminator="name")]
+            if self.accelerator == "cpu" or not torch.cuda.is_available():
+                raise ValueError(
+                    "trainer.sync_batchnorm needs GPUs (torch's SyncBatchNorm is CUDA-only): set trainer.sync_batchnorm=false "
+                    "on CPU"
+                )
+        return self
+
+
+def validate_section(registry: Registry, raw: Any) -> BaseModel:
+    """``raw`` (a mapping with a ``name``) validated against the config model ``registry`` holds
+    for that name now. Errors are pydantic's, located as in a discriminated union: under the name
+    (``shapes.download``), or at ``name`` for an unknown name (with the close matches)."""
+    if isinstance(raw, BaseModel):  # e.g. ExperimentConfig(data=ShapesConfig(), ...)
+        name = getattr(raw, "name", None)
+        config = registry.config(name) if isinstance(name, str) and name in registry else None
+        if config is not None and isinstance(raw, config):
+            return raw
+        raw = raw.model_dump()
+    if not isinstance(raw, dict):
+        raise _errors([("model_type", (), raw, f"a {registry.kind} is a section with a 'name' key (e.g. {{name: ...}})")])
+    name = raw.get("name")
+    if name is None:
+        raise _errors([("missing", ("name",), raw, f"required key is missing: the {registry.kind}")])
+    if not isinstance(name, str) or name not in registry:
+        raise _errors([("value_error", ("name",), name, f"Value error, {registry.unknown_message(str(name))}")])
+    config = registry.config(name)
+    if config is None:
+        raise _errors([("value_error", ("name",), name, f"Value error, {registry.kind} '{name}' has no config section")])
+    try:
+        return config.model_validate(raw)
+    except ValidationError as err:
+        raise _errors([(e["type"], (name, *e["loc"]), e["input"], e["msg"]) for e in err.errors(include_url=False)]) from None
+
+
+def _errors(errors: list[tuple[str, tuple, Any, str]]) -> ValidationError:
+    return ValidationError.from_exception_data(
+        "config section",
+        [{"type": PydanticCustomError(kind, "{message}", {"message": message}), "loc": loc, "input": value}
+         for kind, loc, value, message in errors],
+    )
+
+
+@dataclass(frozen=True)
+class Registered:
+    """Marks a config section that validates against the config ``registry`` holds for its name,
+    when it is validated (:func:`validate_section`)."""
+
+    registry: Registry
+
+    def __call__(self, raw: Any) -> BaseModel:
+        return validate_section(self.registry, raw)
+
+
+def registered_section(registry: Registry) -> Any:
+    """The type of a config section validated at use against ``registry``'s configs."""
+    marker = Registered(registry)
+    return Annotated[SerializeAsAny[BaseModel], PlainValidator(marker), marker]
+
+
+DataConfig = registered_section(DATASETS)
+"""A ``data`` section: a :class:`kdlens.data.DataConfigBase` subclass, chosen by ``name``."""
+LossConfig = registered_section(LOSSES)
+"""One ``losses[i]``: a :class:`kdlens.distill.LossConfigBase` subclass, chosen by ``name``."""
+
+
+def _default_losses() -> list[BaseModel]:
+    return [validate_section(LOSSES, {"name": "ce"})]
 
 
 class ExperimentConfig(_Section):
@@ -169,14 +251,36 @@ class ExperimentConfig(_Section):
     data: DataConfig
     model: ModelConfig
     teacher: ModelConfig | None = None
-    losses: list[LossConfig] = [CEConfig()]
+    losses: list[LossConfig] = Field(default_factory=_default_losses)
     recipe: RecipeConfig = RecipeConfig()
     trainer: TrainerConfig = TrainerConfig()
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, name: str) -> str:
+        check_run_name(name)
+        return name
+
+    @field_validator("losses")
+    @classmethod
+    def _some_loss(cls, losses: list) -> list:
+        if not losses:
+            raise ValueError("no loss terms: give at least one, e.g. losses: [{name: ce}] (the default when omitted)")
+        return losses
+
+    @model_validator(mode="after")
+    def _compile_without_feature_taps(self) -> ExperimentConfig:
+        if self.trainer.compile:
+            tapping = [c.name for c in self.losses if LOSSES[c.name].reads_features(c)]
+            if tapping:
+                raise ValueError(
+                    f"trainer.compile works with logit-based loss terms only: {tapping} read features through "
+                    "forward hooks, which compiled forwards do not run. Set trainer.compile=false or remove those terms"
+                )
+        return self
+
     @model_validator(mode="after")
     def _teacher_matches_losses(self) -> ExperimentConfig:
-        from kdlens.distill import LOSSES
-
         users = [c.name for c in self.losses if LOSSES[c.name].needs_teacher]
         if users and self.teacher is None:
             raise ValueError(
@@ -198,6 +302,17 @@ class ExperimentConfig(_Section):
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir or f"runs/{self.name}")
+
+
+def check_run_name(name: str) -> None:
+    """A run's name becomes a folder name (``runs/<name>``, a sweep's ``runs/<name>-sweep``): one
+    path component, so that no run writes outside its root. A ValueError names the fix."""
+    separators = {"/", "\\", os.sep, *([os.altsep] if os.altsep else [])}
+    if not name or ".." in name or name == "." or any(sep in name for sep in separators):
+        raise ValueError(
+            f"name {name!r} must be a plain folder name (no '/', '\\' or '..', not empty): it names the run's "
+            "folder under runs/. Use e.g. name: my_run, and output_dir to put the run elsewhere"
+        )
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
@@ -225,8 +340,9 @@ def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError(format_errors(err)) from None
 
 
-def validate_data_config(raw: dict[str, Any]) -> DataConfigBase:
-    """A ``data`` section on its own (e.g. for ``kdlens evaluate --data``)."""
+def validate_data_config(raw: dict[str, Any]) -> Any:
+    """A ``data`` section on its own (e.g. for ``kdlens evaluate --data``): a
+    :class:`kdlens.data.DataConfigBase` subclass."""
     try:
         return TypeAdapter(DataConfig).validate_python(raw)
     except ValidationError as err:
@@ -280,18 +396,29 @@ def format_errors(err: ValidationError, prefix: tuple = ()) -> str:
 
 
 def _valid_keys(loc: tuple) -> list[str]:
-    """The field names of the model found at ``loc`` (which includes union tags, as pydantic reports)."""
+    """The field names of the model found at ``loc`` (which includes union tags, as pydantic reports,
+    and registered names, as :func:`validate_section` reports)."""
     kind: Any = ExperimentConfig
     for part in loc:
+        marker = _registered_marker(kind)
         kind = _unwrap(kind)
-        if isinstance(part, int):
+        if marker is not None and isinstance(part, str):
+            kind = marker.registry.config(part) if part in marker.registry else None
+        elif isinstance(part, int):
             kind = typing.get_args(kind)[0]
         elif isinstance(kind, type) and issubclass(kind, BaseModel) and part in kind.model_fields:
-            kind = kind.model_fields[part].annotation
+            field = kind.model_fields[part]
+            kind = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
         else:
             kind = _union_member(kind, part)
     kind = _unwrap(kind)
     return list(kind.model_fields) if isinstance(kind, type) and issubclass(kind, BaseModel) else []
+
+
+def _registered_marker(kind: Any) -> Registered | None:
+    if typing.get_origin(kind) is Annotated:
+        return next((m for m in kind.__metadata__ if isinstance(m, Registered)), None)
+    return None
 
 
 def _unwrap(kind: Any) -> Any:

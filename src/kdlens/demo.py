@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from kdlens.config import validate_config
-from kdlens.data import build_data
-from kdlens.io import atomic_write_text, write_json
-from kdlens.metrics.evaluate import evaluate_models
+from kdlens.evaluation import collect_report_data, evaluate_checkpoints
+from kdlens.io import atomic_write_text, rows_to_csv, write_json
 from kdlens.report.build import write_report
-from kdlens.report.tables import flatten_report, format_table, rows_to_csv
-from kdlens.runs.checkpoints import load_model
+from kdlens.report.tables import flatten_report, format_table
+from kdlens.runs.layout import RunFolder
 from kdlens.training.run import run_experiment
 
 SHORTCUT = 0.95
@@ -34,7 +33,7 @@ def demo_configs(out: Path, epochs: int, teacher_epochs: int) -> dict[str, dict[
         "schedule": {"name": "cosine", "warmup_epochs": 1},
     }
     trainer = {"progress_bar": False, "log_every_n_steps": 10}
-    teacher = {"name": "resnet20", "checkpoint": str(out / "teacher" / "checkpoints" / "best.ckpt")}
+    teacher = {"name": "resnet20", "checkpoint": str(RunFolder(out / "teacher").best)}
     student_data = {**data, "shortcut": SHORTCUT}
     kd = [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 4.0}]
     # The teacher's explanations are computed once on un-augmented images (frozen): the e²KD
@@ -69,24 +68,23 @@ COLUMNS = [
 ]
 
 
-def run_demo(out: Path, epochs: int = 8, teacher_epochs: int = 10, log=print) -> dict[str, Any]:
-    """Train (or reuse, when already finished) the three runs, evaluate them, write results.json
-    and results.csv under ``out``; returns the results."""
+def run_demo(out: Path, epochs: int = 8, teacher_epochs: int = 10, log=print, device: Any = None) -> dict[str, Any]:
+    """Train (or reuse, when already finished) the three runs, evaluate them (on ``device``,
+    default: CUDA when present), write results.json and results.csv under ``out``; returns the results."""
     started = time.perf_counter()
     configs = {name: validate_config(raw) for name, raw in demo_configs(out, epochs, teacher_epochs).items()}
+    folders = {name: RunFolder(config.run_dir) for name, config in configs.items()}
     for name, config in configs.items():
-        results_file = config.run_dir / "results.json"
-        if results_file.exists():
-            log(f"[{name}] already trained: {results_file}")
+        if folders[name].finished:
+            log(f"[{name}] already trained: {folders[name].results_file}")
             continue
         log(f"[{name}] training {config.model.name} for {config.recipe.epochs} epochs ...")
-        run = run_experiment(config, resume=(config.run_dir / "checkpoints" / "last.ckpt").exists())
-        log(f"[{name}] done in {run.results['train_seconds']:.0f}s, best val top-1 {run.results['best']['val_top1']:.3f}")
+        run = run_experiment(config, resume=folders[name].resumable)
+        log(f"[{name}] done in {run.results.train_seconds:.0f}s, best val top-1 {run.results.best.val_top1:.3f}")
 
     student_config = configs["kd"]
-    bundle = build_data(student_config.data)
-    models = {name: load_model(config.run_dir / "checkpoints" / "best.ckpt")[0] for name, config in configs.items()}
-    reports = evaluate_models(models, bundle, student_config.data, teacher=models["teacher"])
+    reports = evaluate_checkpoints({name: folder.best for name, folder in folders.items()}, student_config.data,
+                                   teacher=folders["teacher"].best, device=device)
     rows = [{"model": name, **flatten_report(report)} for name, report in reports.items()]
     results = {
         "shortcut": SHORTCUT,
@@ -99,7 +97,8 @@ def run_demo(out: Path, epochs: int = 8, teacher_epochs: int = 10, log=print) ->
     log(format_table(rows, COLUMNS))
     log(f"results: {out / 'results.json'}, {out / 'results.csv'} ({results['seconds']:.0f}s)")
     # Small limits and one thread keep the report to a few seconds on a busy laptop CPU.
-    report = write_report([config.run_dir for config in configs.values()], out / "report.html", data_limit=128,
-                          explain_n=16, threads=1)
+    report_data = collect_report_data([config.run_dir for config in configs.values()], data_limit=128, explain_n=16,
+                                      threads=1, device=device)
+    report = write_report(report_data, out / "report.html")
     log(f"report: {report}")
     return results

@@ -3,7 +3,6 @@ with a model card beside it."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,8 @@ import numpy as np
 import torch
 
 from kdlens.io import atomic_write_text, write_json
-from kdlens.runs.checkpoints import load_model
+from kdlens.runs.checkpoints import CheckpointInfo, load_model
+from kdlens.runs.layout import RunFolder, RunFolderError
 
 ONNX_TOLERANCE = 1e-4
 
@@ -28,16 +28,22 @@ class ExportResult:
     max_abs_difference: float
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path | None = None, check_batch: int = 8) -> ExportResult:
+def export_onnx(
+    checkpoint: str | Path, out: str | Path | None = None, check_batch: int = 8, device: str | torch.device | None = None
+) -> ExportResult:
     """Write ``out`` (default: the checkpoint's name with .onnx) with a dynamic batch axis, run it in
-    onnxruntime on a random batch, and fail unless logits match PyTorch's within 1e-4."""
+    onnxruntime on a random batch, and fail unless logits match PyTorch's within 1e-4. The graph is
+    traced on the CPU (the file does not depend on a device); PyTorch's reference logits are
+    computed on ``device`` (:func:`~kdlens.device.resolve_device`), without TF32."""
     import onnxruntime
+
+    from kdlens.device import resolve_device
 
     checkpoint = Path(checkpoint)
     out = Path(out) if out else checkpoint.with_suffix(".onnx")
     model, info = load_model(checkpoint)
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(check_batch, info["in_channels"], *info["image_size"], generator=generator)
+    images = torch.randn(check_batch, info.in_channels, *info.image_size, generator=generator)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
         model,
@@ -49,8 +55,16 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, check_bat
     )
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (onnx_logits,) = session.run(None, {session.get_inputs()[0].name: images.numpy()})
-    with torch.no_grad():
-        difference = float(np.abs(onnx_logits - model(images).numpy()).max())
+    reference_device = resolve_device(device)
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            reference = model.to(reference_device)(images.to(reference_device)).cpu().numpy()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+            model.cpu()
+        difference = float(np.abs(onnx_logits - reference).max())
     if difference > ONNX_TOLERANCE:
         out.unlink()
         raise ExportError(f"ONNX logits differ from PyTorch's by {difference:.2e} (> {ONNX_TOLERANCE}); nothing was written")
@@ -61,22 +75,22 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, check_bat
     return ExportResult(out, card_path, difference)
 
 
-def model_card(checkpoint: Path, info: dict[str, Any], onnx_path: Path, difference: float) -> dict[str, Any]:
+def model_card(checkpoint: Path, info: CheckpointInfo, onnx_path: Path, difference: float) -> dict[str, Any]:
     """Architecture, classes, input normalisation and the accuracy the run measured."""
-    config = info.get("config") or {}  # imported checkpoints record their data at most
+    config = info.config or {}  # imported checkpoints record their data at most
     return {
-        "model": info["model"],
+        "model": info.model,
         "onnx": onnx_path.name,
         "input": {
             "name": "images",
-            "shape": ["batch", info["in_channels"], *info["image_size"]],
-            "normalisation": {"mean": info["mean"], "std": info["std"], "note": "x = (pixel/255 - mean) / std"},
+            "shape": ["batch", info.in_channels, *info.image_size],
+            "normalisation": {"mean": info.mean, "std": info.std, "note": "x = (pixel/255 - mean) / std"},
         },
-        "output": {"name": "logits", "classes": info["class_names"]},
+        "output": {"name": "logits", "classes": info.class_names},
         "trained_on": config.get("data"),
         "teacher": config.get("teacher"),
         "losses": config.get("losses"),
-        "weights_source": info.get("source"),
+        "weights_source": info.source,
         "test_accuracy": _run_accuracy(checkpoint),
         "source_checkpoint": str(checkpoint),
         "onnxruntime_max_abs_difference": difference,
@@ -84,12 +98,16 @@ def model_card(checkpoint: Path, info: dict[str, Any], onnx_path: Path, differen
 
 
 def _run_accuracy(checkpoint: Path) -> dict[str, Any] | None:
-    """The test report of this checkpoint from its run's results.json (best.ckpt -> "best")."""
-    results_file = checkpoint.parent.parent / "results.json"
-    if not results_file.is_file():
+    """The test report of this checkpoint from its run's results (best.ckpt -> best); None for a
+    checkpoint outside a finished run."""
+    found = RunFolder.of_checkpoint(checkpoint)
+    if found is None or not found[0].finished:
         return None
-    results = json.loads(results_file.read_text())
-    return results.get(checkpoint.stem, {}).get("test")
+    folder, which = found
+    try:
+        return folder.read_results().checkpoint(which).test or None
+    except RunFolderError:
+        return None
 
 
 def card_markdown(card: dict[str, Any]) -> str:

@@ -1,7 +1,10 @@
-"""Atomic file writes: a crash at any moment leaves the old file or the new one, never a torn one."""
+"""Atomic file writes: a crash at any moment leaves the old file or the new one, never a torn one;
+and the text formats result rows are written in (CSV, Markdown)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -45,3 +48,21 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    """CSV text of result rows; the columns are every key of any row, in first-seen order."""
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of result rows; the columns are every key of any row, in first-seen order."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,7 +1,9 @@
-"""Datasets: a registry of configs and builders; importing this package registers all of them."""
+"""Datasets: a registry of configs and builders (:data:`kdlens.registry.DATASETS`); importing this
+package registers kdlens's own, and a dataset of another package registers through the
+``kdlens.datasets`` entry points (docs/extending.md)."""
 
 from kdlens.data import cifar, fashion_mnist, imagefolder, imagenet_s, imagenet_segmentation, shapes  # noqa: F401  (registration)
-from kdlens.data.base import DATASETS, DataBundle, DataConfigBase, DatasetInfo, register_dataset
+from kdlens.data.base import DATASETS, DataBundle, DataConfigBase, DatasetEntry, DatasetInfo, register_dataset
 from kdlens.data.common import DataError, DatasetNotFoundError, split_train_val
 
 
@@ -18,9 +20,9 @@ def describe_data(cfg: DataConfigBase) -> DatasetInfo:
 
 
 def dataset_config_types() -> list[type[DataConfigBase]]:
-    """Every registered dataset's config class, for a discriminated union on ``name``."""
-    return [DATASETS[name].config for name in DATASETS.names()]
+    """Every registered dataset's config class (kdlens's and plugins')."""
+    return [DATASETS.config(name) for name in DATASETS.names()]
 
 
-__all__ = ["DATASETS", "DataBundle", "DataConfigBase", "DataError", "DatasetInfo", "DatasetNotFoundError", "build_data",
+__all__ = ["DATASETS", "DataBundle", "DataConfigBase", "DataError", "DatasetEntry", "DatasetInfo", "DatasetNotFoundError", "build_data",
            "dataset_config_types", "describe_data", "register_dataset", "split_train_val"]

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import Dataset
 
-from kdlens.registry import Registry
+from kdlens.registry import DATASETS
 
 
 class DataConfigBase(BaseModel):
@@ -20,9 +20,9 @@ class DataConfigBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    batch_size: int = 128
-    eval_batch_size: int = 256
-    num_workers: int = 0
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    num_workers: int = Field(0, ge=0)
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     """Fraction of the training split held out for validation (model selection); the test split is
     only evaluated at the end."""
@@ -78,23 +78,23 @@ class DataBundle:
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    config: type[DataConfigBase]
+    """What ``DATASETS`` holds for a name: ``DATASETS.register(name, DatasetEntry(build, describe),
+    config=Config)``; the ``data`` section naming it validates against ``Config``."""
+
     build: Callable[[DataConfigBase], DataBundle]
     describe: Callable[[DataConfigBase], DatasetInfo] | None = None
     """The dataset's facts from its config alone (no image files needed, at most a folder listing
     for class names); None: only known by building it."""
 
 
-DATASETS: Registry[DatasetEntry] = Registry("dataset")
-
-
 def register_dataset(config: type[DataConfigBase], describe: Callable[[Any], DatasetInfo] | None = None):
-    """Register ``build(config) -> DataBundle`` (and ``describe(config) -> DatasetInfo``) under the
-    config's ``name`` literal."""
-    name = config.model_fields["name"].annotation.__args__[0]
+    """Decorator, shorthand for ``DATASETS.register(name, DatasetEntry(build, describe),
+    config=config)`` on ``build(config) -> DataBundle`` (``describe(config) -> DatasetInfo``:
+    the facts without the files), under the name of ``config``'s ``name`` literal."""
 
-    def add(build: Callable[[DataConfigBase], DataBundle]):
-        DATASETS.register(name)(DatasetEntry(config, build, describe))
+    def add(build: Callable[[DataConfigBase], DataBundle]) -> Callable[[DataConfigBase], DataBundle]:
+        name = config.model_fields["name"].default
+        DATASETS.register(name, DatasetEntry(build, describe), config=config)
         return build
 
     return add

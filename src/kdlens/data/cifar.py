@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from torchvision.datasets import CIFAR10, CIFAR100
-from torchvision.transforms import v2
 
 from kdlens.data.base import DataBundle, DataConfigBase, DatasetInfo, register_dataset
 from kdlens.data.common import DatasetNotFoundError, TensorSource, data_home, make_transforms, train_val_test
@@ -59,7 +57,11 @@ def describe_cifar100(cfg: CIFAR100Config) -> DatasetInfo:
     return _info(CIFAR100_CLASSES, CIFAR100_MEAN, CIFAR100_STD)
 
 
-def _build(cfg: _CIFARConfig, dataset: type[CIFAR10], info: DatasetInfo) -> DataBundle:
+def _build(cfg: _CIFARConfig, dataset_name: str, info: DatasetInfo) -> DataBundle:
+    import torchvision.datasets
+    from torchvision.transforms import v2
+
+    dataset = getattr(torchvision.datasets, dataset_name)
     root = Path(cfg.root) if cfg.root else data_home() / "cifar"
     try:
         splits = [dataset(str(root), train=train, download=cfg.download) for train in (True, False)]
@@ -83,9 +85,9 @@ def _build(cfg: _CIFARConfig, dataset: type[CIFAR10], info: DatasetInfo) -> Data
 
 @register_dataset(CIFAR10Config, describe=describe_cifar10)
 def build_cifar10(cfg: CIFAR10Config) -> DataBundle:
-    return _build(cfg, CIFAR10, describe_cifar10(cfg))
+    return _build(cfg, "CIFAR10", describe_cifar10(cfg))
 
 
 @register_dataset(CIFAR100Config, describe=describe_cifar100)
 def build_cifar100(cfg: CIFAR100Config) -> DataBundle:
-    return _build(cfg, CIFAR100, describe_cifar100(cfg))
+    return _build(cfg, "CIFAR100", describe_cifar100(cfg))

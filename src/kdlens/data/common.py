@@ -2,32 +2,37 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision import tv_tensors
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
 from kdlens.data.base import DataConfigBase
+from kdlens.errors import UserError
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
+
+# torchvision is imported where it is used (transforms, samples), not here: importing a dataset's
+# module (e.g. to validate its config) stays free of torchvision's import time.
 
 RawSample = dict[str, Any]
 """A sample before its transform: ``image`` (tv_tensors.Image or PIL image), ``label`` (int) and,
 where the dataset has them, ``mask`` (tv_tensors.Mask, 1×H×W uint8) and ``group`` (int)."""
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset's files are not where kdlens looked, and could not be fetched."""
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset's files exist but cannot be used (corrupt image, mask of the wrong size, ...);
     the message names the file and the fix."""
 
@@ -68,6 +73,8 @@ class TensorSource:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> RawSample:
+        from torchvision import tv_tensors
+
         sample: RawSample = {"image": tv_tensors.Image(self.images[i]), "label": int(self.labels[i])}
         if self.masks is not None:
             sample["mask"] = tv_tensors.Mask(self.masks[i])
@@ -76,31 +83,43 @@ class TensorSource:
         return sample
 
 
-class SpatialMap(tv_tensors.Mask):
-    """A per-pixel quantity (e.g. a frozen teacher explanation map) that travels with its image
-    through a v2 transform. It is a :class:`~torchvision.tv_tensors.Mask` for every op (exact
-    crops, flips and pads, zero fill), except that resizes (``Resize``, ``RandomResizedCrop``)
-    resample it as the image is resampled (bilinear and antialiased by default) instead of with
-    a label mask's nearest neighbour, which would alias a continuous map on a strong downscale."""
+@functools.cache
+def spatial_map_type() -> type[Tensor]:
+    """``SpatialMap``: a per-pixel quantity (e.g. a frozen teacher explanation map) that travels
+    with its image through a v2 transform. It is a :class:`~torchvision.tv_tensors.Mask` for every
+    op (exact crops, flips and pads, zero fill), except that resizes (``Resize``,
+    ``RandomResizedCrop``) resample it as the image is resampled (bilinear and antialiased by
+    default) instead of with a label mask's nearest neighbour, which would alias a continuous map
+    on a strong downscale. Created (and its kernels registered with torchvision) on first use."""
+    from torchvision import tv_tensors
+    from torchvision.transforms.v2 import functional as TF
+
+    class SpatialMap(tv_tensors.Mask):
+        __doc__ = spatial_map_type.__doc__
+
+    def resample_like_an_image(image_kernel: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        def kernel(inpt: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+            values = inpt.as_subclass(Tensor)
+            out = image_kernel(values.float(), *args, **kwargs)
+            return tv_tensors.wrap(out.to(values.dtype) if values.is_floating_point() else out, like=inpt)
+
+        return kernel
+
+    TF.register_kernel(TF.resize, SpatialMap)(resample_like_an_image(TF.resize_image))
+    TF.register_kernel(TF.resized_crop, SpatialMap)(resample_like_an_image(TF.resized_crop_image))
+    return SpatialMap
 
 
-def _resample_like_an_image(image_kernel: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    def kernel(inpt: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        values = inpt.as_subclass(Tensor)
-        out = image_kernel(values.float(), *args, **kwargs)
-        return tv_tensors.wrap(out.to(values.dtype) if values.is_floating_point() else out, like=inpt)
+def _value_ops() -> tuple[type, ...]:
+    """Eval ops that change pixel values only, never where a pixel is."""
+    from torchvision.transforms import v2
 
-    return kernel
-
-
-TF.register_kernel(TF.resize, SpatialMap)(_resample_like_an_image(TF.resize_image))
-TF.register_kernel(TF.resized_crop, SpatialMap)(_resample_like_an_image(TF.resized_crop_image))
-
-_VALUE_OPS = (v2.ToImage, v2.ToDtype, v2.ConvertImageDtype, v2.Normalize, v2.ToPureTensor)
-"""Eval ops that change pixel values only, never where a pixel is."""
+    return (v2.ToImage, v2.ToDtype, v2.ConvertImageDtype, v2.Normalize, v2.ToPureTensor)
 
 
 def _flat_ops(transform: Callable[..., Any]) -> list[Callable[..., Any]]:
+    from torchvision.transforms import v2
+
     if isinstance(transform, v2.Compose):
         return [op for inner in transform.transforms for op in _flat_ops(inner)]
     return [transform]
@@ -139,11 +158,13 @@ class EvalGeometry:
 
     @classmethod
     def of(cls, transform: Callable[..., Any]) -> EvalGeometry:
+        from torchvision.transforms import v2
+
         ops = []
         for op in _flat_ops(transform):
             if isinstance(op, (v2.Resize, v2.CenterCrop)):
                 ops.append(op)
-            elif not isinstance(op, _VALUE_OPS):
+            elif not isinstance(op, _value_ops()):
                 raise ValueError(
                     f"cannot attach spatial rows: the eval transform has {type(op).__name__} ({op!r}), whose "
                     "geometry kdlens cannot invert; only Resize and CenterCrop (plus ToImage/ToDtype/Normalize) "
@@ -159,6 +180,8 @@ class EvalGeometry:
         """``(scale_y, offset_y), (scale_x, offset_x), (h, w)``: an eval image of ``(h, w)``, made
         from a native image of ``native`` (h, w), has its continuous coordinate e at the native
         coordinate ``scale·e + offset`` along each axis (pixel edges: pixel k spans [k, k+1))."""
+        from torchvision.transforms import v2
+
         size = (int(native[0]), int(native[1]))
         scale, offset = [1.0, 1.0], [0.0, 0.0]
         for op in self.ops:
@@ -225,9 +248,12 @@ class DictDataset(Dataset):
         after = bool(maps) and not self._geometry.identity and self.transform is self.eval_transform
         if maps and not after:
             if not self._geometry.identity:
+                from torchvision.transforms.v2 import functional as TF
+
                 native = tuple(TF.get_size(raw["image"]))
                 maps = {key: self._geometry.to_native(row, native) for key, row in maps.items()}
-            raw.update({key: SpatialMap(row) for key, row in maps.items()})
+            spatial_map = spatial_map_type()
+            raw.update({key: spatial_map(row) for key, row in maps.items()})
         raw.update({key: rows[i] for key, rows in self.plain.items()})
         raw = self.transform(raw)
         if after:
@@ -273,6 +299,8 @@ def make_transforms(mean: Sequence[float], std: Sequence[float], train_ops: Sequ
                     eval_ops: Sequence[v2.Transform] = ()) -> Transforms:
     """Geometric ops, then to float in [0, 1] and normalise. v2 transforms move a sample's image
     and mask together, so one random crop/flip applies to both."""
+    from torchvision.transforms import v2
+
     tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return Transforms(train=v2.Compose([*train_ops, *tail]), eval=v2.Compose([*eval_ops, *tail]))
 

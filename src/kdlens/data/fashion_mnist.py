@@ -12,7 +12,6 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from torchvision.transforms import v2
 
 from kdlens.data.base import DataBundle, DataConfigBase, DatasetInfo, register_dataset
 from kdlens.data.common import DatasetNotFoundError, TensorSource, make_transforms, train_val_test
@@ -119,6 +118,8 @@ def describe(cfg: FashionMNISTConfig) -> DatasetInfo:
 def build(cfg: FashionMNISTConfig) -> DataBundle:
     info = describe(cfg)
     directory = locate(cfg.root)
+    from torchvision.transforms import v2
+
     transforms = make_transforms(info.mean, info.std, [v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip()])
     train, val, test = train_val_test(cfg, _load(directory, "train"), _load(directory, "test"), transforms)
     return DataBundle(train=train, val=val, test=test, **info.facts())

@@ -9,8 +9,6 @@ from typing import Literal
 
 from PIL import Image
 from pydantic import Field
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-from torchvision.transforms import v2
 
 from kdlens.data.base import DataBundle, DataConfigBase, DatasetInfo, register_dataset
 from kdlens.data.common import DataError, DatasetNotFoundError, RawSample, make_transforms, train_val_test
@@ -49,6 +47,8 @@ def _classes(root: Path) -> list[str]:
     if missing:
         raise DatasetNotFoundError(f"image folder dataset: {', '.join(map(str, missing))} not found; "
                                    f"expected layout {LAYOUT} with ROOT={root} (set data.root)")
+    from torchvision.datasets.folder import find_classes
+
     classes, _ = find_classes(str(root / "train"))
     extra = sorted(set(find_classes(str(root / "val"))[0]) - set(classes))
     if extra:
@@ -65,6 +65,9 @@ def describe(cfg: ImageFolderConfig) -> DatasetInfo:
 
 @register_dataset(ImageFolderConfig, describe=describe)
 def build(cfg: ImageFolderConfig) -> DataBundle:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+    from torchvision.transforms import v2
+
     info = describe(cfg)
     root = Path(cfg.root)
     class_to_idx = {name: k for k, name in enumerate(info.class_names)}

@@ -24,9 +24,6 @@ import numpy as np
 import torch
 from PIL import Image
 from pydantic import Field
-from torchvision import tv_tensors
-from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
-from torchvision.transforms import v2
 
 from kdlens.data.base import DataBundle, DataConfigBase, DatasetInfo, register_dataset
 from kdlens.data.common import DataError, DatasetNotFoundError, RawSample, make_transforms, train_val_test
@@ -76,6 +73,8 @@ class SegmentedImageSource:
                 f"{sample['image'].width}×{sample['image'].height}: the masks must be the validation-segmentation "
                 "files of this validation set (re-extract both from the same ImageNet-S50 release)"
             )
+        from torchvision import tv_tensors
+
         foreground = torch.from_numpy(ids == self.mask_ids[i]).to(torch.uint8)[None]
         return {**sample, "mask": tv_tensors.Mask(foreground)}
 
@@ -91,6 +90,8 @@ def _class_folders(folder: Path) -> list[str]:
 
 
 def _validation_source(root: Path, class_to_label: dict[str, int]) -> SegmentedImageSource:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
     samples = make_dataset(str(root / "validation"), class_to_label, extensions=IMG_EXTENSIONS, allow_empty=True)
     masks, mask_ids = [], []
     order = {wnid: k + 1 for k, wnid in enumerate(sorted(class_to_label))}
@@ -123,6 +124,9 @@ def describe(cfg: ImageNetSConfig) -> DatasetInfo:
 
 @register_dataset(ImageNetSConfig, describe=describe)
 def build(cfg: ImageNetSConfig) -> DataBundle:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+    from torchvision.transforms import v2
+
     root = Path(cfg.root)
     if not (root / "validation").is_dir() or not (root / "validation-segmentation").is_dir():
         raise DatasetNotFoundError(f"ImageNet-S50 not found at {root} (data.root): expected {LAYOUT}")

@@ -16,8 +16,6 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 from kdlens.data.base import DataBundle, DataConfigBase, DatasetInfo, register_dataset
 from kdlens.data.common import DataError, DatasetNotFoundError, DictDataset, RawSample, make_transforms
@@ -53,6 +51,7 @@ class MatSegmentationSource:
 
     def __getitem__(self, i: int) -> RawSample:
         import h5py
+        from torchvision import tv_tensors
 
         if self._file is None:
             self._file = h5py.File(self.path, "r")
@@ -84,6 +83,8 @@ def build(cfg: ImageNetSegmentationConfig) -> DataBundle:
         raise DatasetNotFoundError(f"ImageNet-Segmentation file {path} not found (data.path): it is gtsegs_ijcv.mat")
     source = MatSegmentationSource(path)
     info = describe(cfg)
+    from torchvision.transforms import v2
+
     transforms = make_transforms(info.mean, info.std, train_ops=[], eval_ops=[v2.Resize(info.image_size)])
     empty = DictDataset(source, transforms.eval, torch.empty(0, dtype=torch.long))
     return DataBundle(train=empty, val=empty, test=DictDataset(source, transforms.eval), **info.facts())

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
 from kdlens.data.base import DataBundle, DataConfigBase, DatasetInfo, register_dataset
 from kdlens.data.common import DictDataset, TensorSource, make_transforms, train_val_test
@@ -229,6 +228,8 @@ def describe(cfg: ShapesConfig) -> DatasetInfo:
 
 @register_dataset(ShapesConfig, describe=describe)
 def build(cfg: ShapesConfig) -> DataBundle:
+    from torchvision.transforms import v2
+
     def source(n: int, split: Split, shortcut: float | None) -> TensorSource:
         arrays = generate_shapes(n, num_classes=cfg.num_classes, image_size=cfg.image_size,
                                  seed=cfg.seed, split=split, shortcut=shortcut)

@@ -4,7 +4,6 @@ from kdlens.distill import kd  # noqa: F401  (registers ce and kd)
 from kdlens.distill import at, dkd, e2kd, expkd, feature_matching, fitnet, oracle_kd, sp  # noqa: F401  (register their terms)
 from kdlens.distill.at import attention_map, attention_transfer
 from kdlens.distill.base import (
-    LOSS_CONFIGS,
     LOSSES,
     DistillBatch,
     DistillLoss,
@@ -22,12 +21,12 @@ from kdlens.distill.sp import batch_similarity, similarity_preserving
 
 
 def loss_config_types() -> list[type[LossConfigBase]]:
-    return list(LOSS_CONFIGS.values())
+    """Every registered loss term's config class (kdlens's and plugins')."""
+    return [LOSSES.config(name) for name in LOSSES.names()]
 
 
 __all__ = [
     "LOSSES",
-    "LOSS_CONFIGS",
     "DistillBatch",
     "DistillLoss",
     "LossConfigBase",

@@ -2,8 +2,9 @@
 
 A term is an ``nn.Module`` so that trainable connectors it owns (regressors, adapters) are trained
 with the model and counted as extra parameters, but never enter the exported model. Each term has a
-pydantic config subclassing :class:`LossConfigBase` with ``name: Literal[...]``; the experiment
-config's ``losses`` list is the discriminated union of all registered term configs.
+pydantic config subclassing :class:`LossConfigBase` with ``name: Literal[...]``, registered with
+the term (``@LOSSES.register("kd", config=KDConfig)``); each item of the experiment config's
+``losses`` list validates against the config registered for its ``name``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from kdlens.models import ModelSpec
 
 if TYPE_CHECKING:
     from kdlens.distill.frozen import FrozenTeacherSpec
-from kdlens.registry import Registry
+from kdlens.registry import LOSSES
 
 
 class LossConfigBase(BaseModel):
@@ -95,6 +96,13 @@ class LossTerm(nn.Module):
         """(student module paths, teacher module paths) whose outputs this term reads."""
         return [], []
 
+    @classmethod
+    def reads_features(cls, config: LossConfigBase) -> bool:
+        """Whether a term of ``config`` reads intermediate features (non-empty
+        :meth:`feature_paths`), known from the config alone: the config refuses such terms with
+        ``trainer.compile``, as compiled forwards do not run the forward hooks that read them."""
+        return False
+
     def build_connectors(self, batch: DistillBatch) -> None:
         """Create trainable modules from the probe batch's feature shapes (default: none)."""
 
@@ -106,20 +114,10 @@ class LossTerm(nn.Module):
         raise NotImplementedError
 
 
-LOSSES: Registry[type[LossTerm]] = Registry("loss term")
-LOSS_CONFIGS: dict[str, type[LossConfigBase]] = {}
-
-
 def register_loss(config: type[LossConfigBase]):
-    """Register a term class under its config's ``name`` literal."""
-    name = config.model_fields["name"].annotation.__args__[0]
-
-    def add(term: type[LossTerm]) -> type[LossTerm]:
-        LOSSES.register(name)(term)
-        LOSS_CONFIGS[name] = config
-        return term
-
-    return add
+    """Shorthand for ``LOSSES.register(name, config=config)`` with the name of ``config``'s
+    ``name`` literal."""
+    return LOSSES.register(config.model_fields["name"].default, config=config)
 
 
 class DistillLoss(nn.Module):

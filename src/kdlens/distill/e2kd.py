@@ -4,6 +4,10 @@ top-1 class to the teacher's, λ·mean_batch(1 − cos(vec E_S, vec E_T)).
 Compose it with the logit terms of the published recipe:
 ``[{ce, weight: w_gt}, {kd, temperature: τ}, {e2kd, weight: λ}]`` (the published sweeps use
 w_gt = 0). E_T is detached; E_S keeps its graph so the loss trains the student.
+
+The explanation is any registered differentiable explainer (``EXPLAINERS[name].differentiable``),
+run with its ``differentiable_options`` for student and teacher alike; Grad-CAM is read from the
+training forward itself (no extra pass).
 """
 
 from __future__ import annotations
@@ -12,25 +16,31 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
-from torch import Tensor
+from pydantic import Field, field_validator, model_validator
+from torch import Tensor, nn
 
 from kdlens.distill.base import DistillBatch, LossConfigBase, LossTerm, register_loss
 from kdlens.distill.frozen import TEACHER_MAP, FrozenTeacherSpec
-from kdlens.explain import explain
+from kdlens.explain import EXPLAINERS, LayerExplainer, make_explainer
 from kdlens.explain.cam import GradCAM, finish_cam
 
+
+def differentiable_explainers() -> list[str]:
+    """The registered explainers whose maps can train a model (``create_graph=True``): e²KD's choices."""
+    return [name for name in EXPLAINERS.names() if EXPLAINERS[name].differentiable]
 
 
 class E2KDConfig(LossConfigBase):
     name: Literal["e2kd"] = "e2kd"
     weight: float = 1.0
     """λ; the published sweeps use {0, 0.2, 1, 5, 10}."""
-    explainer: Literal["gradcam", "bcos", "lrp"] = "gradcam"
-    """``bcos`` needs B-cos teacher and student (explanation = contributions W(x)·x). ``lrp``: see
-    :func:`differentiable_lrp`."""
+    explainer: str = "gradcam"
+    """Any registered differentiable explainer (:func:`differentiable_explainers`): the CAM family
+    (``gradcam`` from the training forward; ``gradcampp``, ``xgradcam``, ``hirescam``, ``layercam``,
+    ``cam`` as an extra pass), ``bcos`` (B-cos teacher and student: contributions W(x)·x), ``lrp``
+    (e²KD's variant: no canonizers, :mod:`kdlens.explain.lrp`), or a plugin's."""
     student_layer: str | None = None
-    """Grad-CAM layer of the student (module path); default its last stage."""
+    """Layer of the student for the CAM family (module path); default its last stage."""
     teacher_layer: str | None = None
     every_k_steps: int = Field(1, ge=1)
     """Apply the term every K-th optimiser step only (16 for CNNs, 4 for ViTs in the paper)."""
@@ -38,10 +48,27 @@ class E2KDConfig(LossConfigBase):
     """Compute the teacher's logits and maps once on un-augmented images and reuse them, with the
     same crop/flip as the image, instead of running the teacher at every step."""
 
+    @field_validator("explainer")
+    @classmethod
+    def _differentiable(cls, name: str) -> str:
+        if name not in EXPLAINERS:
+            raise ValueError(EXPLAINERS.unknown_message(name))
+        if not EXPLAINERS[name].differentiable:
+            raise ValueError(
+                f"e2kd trains the student through its explanation (create_graph=True), and '{name}' is not "
+                f"differentiable; use one of: {', '.join(differentiable_explainers())}"
+            )
+        return name
+
     @model_validator(mode="after")
     def _frozen_maps_match_the_students(self) -> E2KDConfig:
-        if self.frozen_teacher and self.explainer == "lrp":
-            raise ValueError("frozen_teacher works with explainer gradcam or bcos; e²KD's LRP is computed live")
+        options = EXPLAINERS[self.explainer].differentiable_options
+        if self.frozen_teacher and options:
+            settings = ", ".join(f"{k}={v!r}" for k, v in options.items())
+            raise ValueError(
+                f"frozen_teacher stores maps made with the explainer's defaults, but e²KD's {self.explainer} runs "
+                f"with {settings}: it is computed live (set frozen_teacher: false)"
+            )
         return self
 
 
@@ -59,28 +86,16 @@ def gradcam_from_forward(logits: Tensor, features: Tensor, target: Tensor, size:
     return finish_cam(GradCAM.combine(features, grads), size, relu=True, normalize=False)
 
 
-def differentiable_lrp(model: torch.nn.Module, images: Tensor, target: Tensor, create_graph: bool) -> Tensor:
-    """LRP relevance (zennit, EpsilonPlusFlat) of the target logits, summed over channels, (B, 1, H, W).
-
-    Unlike ``explain(..., "lrp")``, BatchNorm is not merged into the convolutions first: zennit's
-    canonizers rewrite the weights in place, which a second-order gradient cannot go through, so
-    here BatchNorm layers pass the plain gradient. Teacher and student maps are computed the same
-    way, and with ``create_graph`` the loss reaches the student's own parameters."""
-    from zennit.attribution import Gradient
-    from zennit.composites import EpsilonPlusFlat
-
-    with torch.enable_grad(), Gradient(model=model, composite=EpsilonPlusFlat(), create_graph=create_graph) as attributor:
-        # Relevance starts as the target logit itself, as in explain(..., "lrp").
-        _, relevance = attributor(images.detach(), lambda output: F.one_hot(target, output.shape[1]) * output)
-    return relevance.sum(1, keepdim=True)
-
-
-def explanation_maps(method: str, model: torch.nn.Module, images: Tensor, target: Tensor, create_graph: bool) -> Tensor:
-    """Maps of a method run as an extra pass (B-cos, LRP), differentiable when ``create_graph``."""
-    if method == "lrp":
-        return differentiable_lrp(model, images, target, create_graph)
+def explanation_maps(
+    method: str, model: nn.Module, images: Tensor, target: Tensor, create_graph: bool, layer: str | None = None
+) -> Tensor:
+    """Maps of explainer ``method`` run as an extra pass, with its ``differentiable_options`` (so
+    that student and teacher maps have one definition), differentiable when ``create_graph``;
+    ``layer`` for the CAM family."""
+    explainer_class = EXPLAINERS[method]
+    explainer = make_explainer(model, method, layer if issubclass(explainer_class, LayerExplainer) else None)
     with torch.enable_grad():
-        return explain(model, images, target, method, create_graph=create_graph)
+        return explainer.attribute(images, target, create_graph=create_graph, **explainer_class.differentiable_options)
 
 
 @register_loss(E2KDConfig)
@@ -102,7 +117,12 @@ class E2KDLoss(LossTerm):
     def frozen_teacher_spec(self) -> FrozenTeacherSpec | None:
         if not self.config.frozen_teacher:
             return None
-        return FrozenTeacherSpec(self.config.explainer, self._layers()[1] if self.config.explainer == "gradcam" else None)
+        explains_a_layer = issubclass(EXPLAINERS[self.config.explainer], LayerExplainer)
+        return FrozenTeacherSpec(self.config.explainer, self._layers()[1] if explains_a_layer else None)
+
+    @classmethod
+    def reads_features(cls, config: E2KDConfig) -> bool:
+        return config.explainer == "gradcam"  # as feature_paths
 
     def feature_paths(self) -> tuple[list[str], list[str]]:
         if self.config.explainer != "gradcam":
@@ -119,12 +139,16 @@ class E2KDLoss(LossTerm):
         if self.config.explainer == "gradcam":
             student_maps = gradcam_from_forward(batch.student_logits, batch.student_features[student_layer], target, size, create_graph=True)
         else:
-            student_maps = explanation_maps(self.config.explainer, self.context.student, batch.images, target, create_graph=True)
+            student_maps = explanation_maps(
+                self.config.explainer, self.context.student, batch.images, target, True, student_layer
+            )
         if TEACHER_MAP in batch.extras:
             teacher_maps = batch.extras[TEACHER_MAP]
         elif self.config.explainer == "gradcam":
             graph = batch.teacher_graph
             teacher_maps = gradcam_from_forward(graph["logits"], graph[teacher_layer], target, size, create_graph=False)
         else:
-            teacher_maps = explanation_maps(self.config.explainer, self.context.teacher, batch.images, target, create_graph=False)
+            teacher_maps = explanation_maps(
+                self.config.explainer, self.context.teacher, batch.images, target, False, teacher_layer
+            )
         return explanation_loss(student_maps, teacher_maps)

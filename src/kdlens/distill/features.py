@@ -104,6 +104,10 @@ class FeatureTerm(LossTerm):
     def feature_paths(self) -> tuple[list[str], list[str]]:
         return [student for student, _ in self.pairs], [teacher for _, teacher in self.pairs]
 
+    @classmethod
+    def reads_features(cls, config: LossConfigBase) -> bool:
+        return True
+
     def feature_maps(self, batch: DistillBatch) -> list[tuple[Tensor, Tensor]]:
         """(student feature, teacher feature) per pair, in the order of ``pairs``."""
         return [(batch.student_features[student], batch.teacher_features[teacher]) for student, teacher in self.pairs]

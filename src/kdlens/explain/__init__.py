@@ -10,18 +10,25 @@ input gradients via Captum (``saliency``, ``inputxgradient``, ``integrated_gradi
 ``smoothgrad``, ``guided_backprop``, ``gradientshap``; :mod:`kdlens.explain.gradient`),
 perturbations (``occlusion``, ``lime``, ``kernelshap``; :mod:`kdlens.explain.perturbation`),
 ``lrp`` via zennit (:mod:`kdlens.explain.lrp`) and B-cos contributions (``bcos``).
-Differentiable (``create_graph=True``): the CAM family except scorecam/ablationcam/eigencam, and bcos.
+Differentiable (``create_graph=True``; ``EXPLAINERS[name].differentiable``): the CAM family except
+scorecam/ablationcam/eigencam, bcos, and lrp with ``canonize=False`` (its ``differentiable_options``).
+
+Each method's module is imported when the method is first looked up in ``EXPLAINERS`` (so Captum,
+zennit and scikit-image load only with the methods that use them); methods of other packages are
+found through the ``kdlens.explainers`` entry points (docs/extending.md).
 """
 
-from kdlens.explain import bcos, cam, gradient, lrp, perturbation  # noqa: F401  (registration)
 from kdlens.explain.api import attribute_with_tta, explain, explain_dataset, make_explainer
 from kdlens.explain.base import (
     DEFAULT_CHUNK_SIZE,
     EXPLAINERS,
+    TARGET_NAMES,
     Explainer,
     ExplainError,
     LayerExplainer,
     Target,
+    TargetName,
+    check_target,
     resolve_target,
 )
 from kdlens.explain.cache import ExplanationCache, data_fingerprint, file_fingerprint, model_fingerprint
@@ -35,8 +42,11 @@ __all__ = [
     "ExplanationCache",
     "LayerExplainer",
     "ModelSplit",
+    "TARGET_NAMES",
     "Target",
+    "TargetName",
     "attribute_with_tta",
+    "check_target",
     "data_fingerprint",
     "default_layer",
     "explain",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -73,7 +73,7 @@ def explain_dataset(
     dataset: Dataset,
     method: str = "gradcam",
     *,
-    target: Literal["label", "pred"] | nn.Module = "pred",
+    target: Target = "pred",
     layer: str | None = None,
     tta: bool = False,
     batch_size: int = 64,
@@ -81,8 +81,9 @@ def explain_dataset(
     **options: Any,
 ) -> Tensor:
     """Maps (N, 1, H, W) (float32, CPU) for every sample of a kdlens split, row i being the sample
-    whose ``index`` is i. ``target``: ``"label"`` (the true class), ``"pred"`` (the model's top-1)
-    or another model (its top-1). The model runs in eval mode (restored afterwards) on ``device``
+    whose ``index`` is i. ``target``: as in :func:`~kdlens.explain.base.resolve_target`, e.g.
+    ``"label"`` (the true class), ``"pred"`` (the model's top-1) or another model (its top-1),
+    resolved per batch on the un-augmented images. The model runs in eval mode (restored afterwards) on ``device``
     (default: where its parameters are); ``layer``, ``tta`` and ``options`` (``chunk_size`` and the
     method's options) are as in :func:`explain`.
 
@@ -96,7 +97,7 @@ def explain_dataset(
     with eval_mode(model):
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
             x = batch["image"].to(device)
-            batch_target = batch["label"].to(device) if target == "label" else target
+            batch_target = resolve_target(model, x, target, labels=batch["label"].to(device))
             batch_maps = attribute_with_tta(explainer, x, batch_target, tta, **options).detach().float().cpu()
             if maps is None:
                 maps = torch.empty(len(dataset), *batch_maps.shape[1:])

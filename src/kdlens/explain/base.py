@@ -5,29 +5,34 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
 import torch
 from torch import Tensor, nn
 
+from kdlens.explain.errors import ExplainError, require_autograd  # noqa: F401  (re-exported)
+from kdlens.explain.layers import default_layer
 from kdlens.models import resolve_module
+from kdlens.models.modes import eval_mode  # noqa: F401  (re-exported: the one eval_mode)
+from kdlens.registry import EXPLAINERS as _EXPLAINERS
 from kdlens.registry import Registry
 
-Target = Union[Tensor, int, Literal["pred"], nn.Module]
+TargetName = Literal["label", "pred", "teacher"]
+TARGET_NAMES: tuple[str, ...] = ("label", "pred", "teacher")
+"""The targets a command line names (``--target``): the true class, the explained model's own
+top-1, the teacher's top-1."""
+
+Target = Union[Tensor, int, TargetName, nn.Module]
 """Which class to explain: per-sample class indices (LongTensor of shape (B,)), one class for the
-whole batch (int), ``"pred"`` (the explained model's top-1) or another model (its top-1, e.g. the
-teacher's when explaining a student)."""
+whole batch (int), ``"label"`` (the true class; needs the labels), ``"pred"`` (the explained
+model's top-1), ``"teacher"`` (the teacher's top-1; needs the teacher) or another model (its top-1,
+e.g. the teacher's when explaining a student). Resolved in one place: :func:`resolve_target`."""
 
 Reduce = Literal["sum", "abs_sum", "none"]
 
 DEFAULT_CHUNK_SIZE = 256
 """Expanded inputs per forward pass (IG steps, SmoothGrad samples, ScoreCAM/AblationCAM channel
 copies, LIME/KernelSHAP samples, occlusion windows) when ``chunk_size`` is not given."""
-
-
-class ExplainError(ValueError):
-    """An explanation that cannot be computed as asked; the message says why and what to do."""
 
 
 class Explainer(ABC):
@@ -39,6 +44,10 @@ class Explainer(ABC):
     name: ClassVar[str]
     differentiable: ClassVar[bool] = False
     """``create_graph=True`` gives maps that backpropagate into the model's parameters."""
+    differentiable_options: ClassVar[dict[str, Any]] = {}
+    """The options with which ``create_graph=True`` works where they are not the defaults (LRP:
+    ``canonize=False``); an explanation loss passes them for the model it trains and for the
+    reference model alike, so that both maps have one definition."""
     expands_batch: ClassVar[bool] = False
     """Evaluates many perturbed/interpolated copies per input, ``chunk_size`` at a time."""
 
@@ -108,31 +117,58 @@ class LayerExplainer(Explainer):
 
     def layer_path(self, x: Tensor) -> str:
         if self._layer_path is None:
-            from kdlens.explain.layers import default_layer
-
             self._layer_path = default_layer(self.model, x)
         return self._layer_path
 
 
-EXPLAINERS: Registry[type[Explainer]] = Registry("explanation method")
+EXPLAINERS: Registry[type[Explainer]] = _EXPLAINERS
+"""Every explanation method by name (:data:`kdlens.registry.EXPLAINERS`); built-in methods are
+imported when first looked up, plugins (entry points ``kdlens.explainers``) likewise."""
 
 E = TypeVar("E", bound=type[Explainer])
 
 
 def register_explainer(name: str) -> Callable[[E], E]:
+    """``EXPLAINERS.register(name)``, also naming the class (``cls.name``, used in its messages)."""
+
     def add(cls: E) -> E:
         cls.name = name
-        return EXPLAINERS.register(name)(cls)
+        return EXPLAINERS.register(name, cls)
 
     return add
 
 
-def resolve_target(model: nn.Module, x: Tensor, target: Target) -> Tensor:
-    """The LongTensor of per-sample classes (shape (B,), on ``x``'s device) that ``target`` means."""
+def check_target(target: str, has_teacher: bool = True) -> None:
+    """Fail before any work on a ``--target`` that is not a :data:`TARGET_NAMES` or on ``teacher``
+    without a teacher."""
+    if target not in TARGET_NAMES:
+        raise ExplainError(f"--target must be {', '.join(TARGET_NAMES[:-1])} or {TARGET_NAMES[-1]}, got '{target}'")
+    if target == "teacher" and not has_teacher:
+        raise ExplainError("--target teacher needs --teacher")
+
+
+def resolve_target(
+    model: nn.Module, x: Tensor, target: Target, *, labels: Tensor | None = None, teacher: nn.Module | None = None
+) -> Tensor:
+    """The LongTensor of per-sample classes (shape (B,), on ``x``'s device) that ``target`` means;
+    ``labels`` are the batch's true classes (for ``"label"``, -1 marks an unlabelled sample) and
+    ``teacher`` the model whose top-1 ``"teacher"`` means. The one target resolver: explainers,
+    ``explain_dataset``, ``kdlens explain``, ``kdlens evaluate``, the report and the tables use it."""
     if isinstance(target, str):
-        if target != "pred":
-            raise ExplainError(f"target must be class indices, 'pred' or a model, got '{target}'")
-        target = model
+        if target == "label":
+            if labels is None:
+                raise ExplainError("target 'label' needs the samples' labels; give class indices, 'pred' or a model")
+            if (labels < 0).any():
+                raise ExplainError("this split has unlabelled samples: explain --target pred or teacher")
+            target = labels.long()
+        elif target == "teacher":
+            if teacher is None:
+                raise ExplainError("--target teacher needs --teacher")
+            target = teacher
+        elif target == "pred":
+            target = model
+        else:
+            raise ExplainError(f"target must be class indices, 'label', 'pred', 'teacher' or a model, got '{target}'")
     if isinstance(target, nn.Module):
         with torch.no_grad():
             return target(x).argmax(1)
@@ -168,23 +204,3 @@ def grid_chunks(rows: int, cols: int, chunk_size: int, device: torch.device) -> 
 def per_sample_chunks(batch_size: int, chunk_size: int) -> int:
     """Copies of each sample per forward pass when a chunk holds copies of the whole batch."""
     return max(1, chunk_size // batch_size)
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """The model in eval mode, each module's own mode restored afterwards."""
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes.items():
-            module.training = training
-
-
-def require_autograd() -> None:
-    if torch.is_inference_mode_enabled():
-        raise ExplainError(
-            "gradient-based explanations cannot run under torch.inference_mode(); "
-            "use torch.no_grad() (explainers re-enable gradients where they need them) or neither"
-        )

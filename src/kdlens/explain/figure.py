@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -12,6 +11,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from kdlens.explain.api import explain
+from kdlens.explain.base import TargetName, resolve_target
 from kdlens.io import atomic_write
 
 _CELL_INCHES = 1.6
@@ -25,7 +25,7 @@ def write_explanations(
     x: Tensor,
     labels: Tensor,
     methods: Sequence[str],
-    target: Literal["label", "pred", "teacher"],
+    target: TargetName,
     *,
     mean: Sequence[float],
     std: Sequence[float],
@@ -41,8 +41,7 @@ def write_explanations(
     out = Path(out)
     with torch.no_grad():
         predictions = torch.stack([model(x).argmax(1) for model in models])
-    targets = {"label": labels.expand(len(models), -1), "pred": predictions,
-               "teacher": predictions[0].expand(len(models), -1)}[target]
+    targets = torch.stack([resolve_target(model, x, target, labels=labels, teacher=models[0]) for model in models])
     maps = {
         method: torch.stack([explain(model, x, t, method)[:, 0] for model, t in zip(models, targets)]).cpu().numpy()
         for method in methods

@@ -10,8 +10,9 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from kdlens.explain.base import ExplainError, eval_mode, require_autograd
+from kdlens.explain.errors import ExplainError, require_autograd
 from kdlens.models import FeatureTaps, resolve_module
+from kdlens.models.modes import eval_mode
 
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _POOLS = (nn.AvgPool2d, nn.MaxPool2d)

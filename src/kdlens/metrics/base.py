@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, dataclass_transform
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from kdlens.metrics.functional import prepare_attributions
-from kdlens.registry import Registry
+from kdlens.models.modes import eval_mode  # noqa: F401  (re-exported: the one eval_mode)
+from kdlens.registry import METRICS, Registry
 
 ExplainFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 """``explain_fn(model, x, y) -> a``: attributions of ``model`` for the classes ``y`` on inputs ``x``."""
@@ -83,24 +84,73 @@ class Sweep(ABC):
         """The perturbed inputs ``(n, C, H, W)`` for positions in ``self.steps`` and in the batch."""
 
 
-@contextmanager
-def eval_mode(model: nn.Module | None) -> Iterator[None]:
-    """Evaluate in eval mode (batch norm must not depend on batch-mates) and restore the mode after."""
-    if model is None:
-        yield
-        return
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
+class RandomDraws:
+    """The random numbers of one metric evaluation, from one of two sources behind one interface:
 
+    * torch (default): stream ``k`` is a ``torch.Generator`` on ``device`` seeded with
+      ``(seed << 32) + k``. A metric draws each independent part (a perturbation draw, a run, a
+      step) from its own stream, so results do not depend on how the work is chunked.
+    * ``quantus_compat=True``: one ``numpy.random.RandomState(seed)`` drawn sequentially (``stream``
+      is ignored). A metric that asks in Quantus's order gets Quantus's numbers, as after
+      ``np.random.seed(seed)``; they come back as float64 / int64 tensors on ``device``.
+    """
 
-def generator(seed: int, device: torch.device, stream: int = 0) -> torch.Generator:
-    """A generator for one independent ``stream`` of ``seed`` (e.g. one perturbation draw), so draws
-    do not depend on how the work is chunked."""
-    return torch.Generator(device=device).manual_seed((seed << 32) + stream)
+    def __init__(self, seed: int, device: torch.device, quantus_compat: bool = False) -> None:
+        self.seed = seed
+        self.device = device
+        self.state = np.random.RandomState(seed) if quantus_compat else None
+
+    @property
+    def quantus_compat(self) -> bool:
+        return self.state is not None
+
+    def generator(self, stream: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed((self.seed << 32) + stream)
+
+    def _tensor(self, values: np.ndarray) -> Tensor:
+        return torch.from_numpy(values).to(self.device)
+
+    def uniform(self, shape: Sequence[int], low: float = 0.0, high: float = 1.0, *, stream: int = 0) -> Tensor:
+        """U[low, high) draws of ``shape``."""
+        if self.state is not None:
+            return self._tensor(self.state.uniform(low, high, size=tuple(shape)))
+        values = torch.rand(tuple(shape), generator=self.generator(stream), device=self.device)
+        return values if (low, high) == (0.0, 1.0) else values * (high - low) + low
+
+    def normal(self, shape: Sequence[int], mean: float = 0.0, std: float = 1.0, *, stream: int = 0) -> Tensor:
+        """N(mean, std²) draws of ``shape``."""
+        if self.state is not None:
+            return self._tensor(self.state.normal(mean, std, size=tuple(shape)))
+        values = torch.randn(tuple(shape), generator=self.generator(stream), device=self.device)
+        if std != 1.0:
+            values = values * std
+        return values + mean if mean != 0.0 else values
+
+    def integers(self, high: int, shape: Sequence[int], *, stream: int = 0) -> Tensor:
+        """Uniform integers in [0, high) of ``shape``."""
+        if self.state is not None:
+            return self._tensor(self.state.randint(0, high, size=tuple(shape)))
+        return torch.randint(0, high, tuple(shape), generator=self.generator(stream), device=self.device)
+
+    def permutations(self, rows: int, n: int, *, stream: int = 0) -> Tensor:
+        """``(rows, n)``: a random permutation of 0..n-1 per row."""
+        if self.state is not None:
+            state = self.state
+            return self._tensor(np.stack([state.permutation(n) for _ in range(rows)]))
+        return torch.rand(rows, n, generator=self.generator(stream), device=self.device).argsort(1)
+
+    def subsets(self, rows: int, n: int, k: int, *, stream: int = 0) -> Tensor:
+        """``(rows, k)``: ``k`` distinct indices of 0..n-1 per row."""
+        if self.state is not None:
+            state = self.state
+            return self._tensor(np.stack([state.choice(n, k, replace=False) for _ in range(rows)]))
+        return torch.rand(rows, n, generator=self.generator(stream), device=self.device).topk(k, dim=1).indices
+
+    def skip_unused(self, n: int) -> None:
+        """Advance past ``n`` uniform draws that Quantus makes and never uses (torch streams are
+        independent: nothing to skip)."""
+        if self.state is not None:
+            self.state.random_sample(n)
 
 
 class EvaluationContext:
@@ -253,23 +303,35 @@ class EvaluationContext:
         return readout, top1
 
 
+@dataclass_transform(kw_only_default=True, eq_default=False)
+@dataclass(kw_only=True, eq=False)
 class ExplanationMetric(ABC):
     """One explanation-quality metric; see the module docstring for the call convention.
 
-    ``abs``/``normalise`` prepare the attributions as in Quantus (max-normalise, then absolute),
-    except that the normalisation is per sample; ``quantus_compat=True`` reproduces Quantus 0.6
-    where kdlens deliberately differs and that is meaningful (batch-wide normalisation, Quantus's
-    random draws from a NumPy ``RandomState(seed)``); each metric documents what it changes.
+    Parameters are keyword-only dataclass fields, each declared once: here the options every
+    metric shares, in intermediate classes those a family shares (e.g. the perturbation baseline),
+    in a metric its own. A subclass is made a dataclass when it is defined; it adds fields, or
+    redeclares one to change its default (``normalise: bool = True``). Mixins that declare fields
+    (:class:`Seeded`, :class:`CurveMetric`) go last among the bases, so that they never reset a
+    default an earlier base changed.
     """
 
     requires: ClassVar[frozenset[Requirement]] = frozenset({"model"})
-    higher_is_better: bool = True
+    higher_is_better: ClassVar[bool] = True
     """Whether larger scores mean better explanations (some metrics decide per instance)."""
 
-    def __init__(self, *, abs: bool = False, normalise: bool = False, quantus_compat: bool = False) -> None:
-        self.abs = abs
-        self.normalise = normalise
-        self.quantus_compat = quantus_compat
+    abs: bool = False
+    """Take ``|a|`` after normalising (Quantus's order)."""
+    normalise: bool = False
+    """Divide ``a`` by its largest ``|a|``: per sample (Quantus: over the batch)."""
+    quantus_compat: bool = False
+    """Reproduce Quantus 0.6 where kdlens deliberately differs and that is meaningful: batch-wide
+    normalisation, Quantus's random draws (:class:`RandomDraws`); each metric documents what it
+    changes."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        dataclass(kw_only=True, eq=False)(cls)
 
     def __call__(
         self,
@@ -306,10 +368,6 @@ class ExplanationMetric(ABC):
     def attributions(self, context: EvaluationContext) -> Tensor:
         return context.attributions(self.abs, self.normalise, batch_wide=self.quantus_compat)
 
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
-        return f"{type(self).__name__}({params})"
-
 
 class CurveMetric(ExplanationMetric):
     """A metric summarising a per-sample curve (one value per perturbation step)."""
@@ -334,5 +392,17 @@ class CurveMetric(ExplanationMetric):
         """The curve ``(B, steps)``, float64."""
 
 
-EXPLANATION_METRICS: Registry[type[ExplanationMetric]] = Registry("explanation metric")
-"""Every explanation metric class by name; presets and suites live in :mod:`kdlens.metrics.suite`."""
+class Seeded(ExplanationMetric):
+    """A metric with random draws: ``seed``, and :meth:`draws`, the one source of its random numbers
+    (torch streams, or Quantus's NumPy order with ``quantus_compat``)."""
+
+    seed: int = 0
+
+    def draws(self, device: torch.device) -> RandomDraws:
+        """A fresh source of this metric's draws (the same numbers at every call)."""
+        return RandomDraws(self.seed, device, self.quantus_compat)
+
+
+EXPLANATION_METRICS: Registry[type[ExplanationMetric]] = METRICS
+"""Every explanation metric class by name (:data:`kdlens.registry.METRICS`, plugins' included:
+entry points ``kdlens.metrics``); presets and suites live in :mod:`kdlens.metrics.suite`."""

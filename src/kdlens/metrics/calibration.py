@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 
 def expected_calibration_error(logits: Tensor, labels: Tensor, n_bins: int = 10) -> float:
@@ -17,6 +16,9 @@ def expected_calibration_error(logits: Tensor, labels: Tensor, n_bins: int = 10)
     ``MulticlassCalibrationError``, L1 norm)."""
     # Probabilities, not logits: torchmetrics only applies softmax when values leave [0, 1].
     probs = logits.float().softmax(1)
+    # torchmetrics imports torchvision, scipy and matplotlib: only here, where it is used.
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
     return multiclass_calibration_error(probs, labels, num_classes=logits.shape[1], n_bins=n_bins, norm="l1").item()
 
 

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from kdlens.models.modes import eval_mode
+
 
 @dataclass
 class Predictions:
@@ -21,15 +23,13 @@ class Predictions:
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> Predictions:
-    was_training = model.training
-    model.eval()
     logits, labels, groups = [], [], []
-    for batch in loader:
-        logits.append(model(batch["image"].to(device)).float().cpu())
-        labels.append(batch["label"])
-        if "group" in batch:
-            groups.append(batch["group"])
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in loader:
+            logits.append(model(batch["image"].to(device)).float().cpu())
+            labels.append(batch["label"])
+            if "group" in batch:
+                groups.append(batch["group"])
     return Predictions(torch.cat(logits), torch.cat(labels), torch.cat(groups) if groups else None)
 
 

@@ -16,8 +16,8 @@ from kdlens.metrics.functional import flatten
 class ComplexityMetric(ExplanationMetric):
     requires = frozenset()
 
-    def __init__(self, *, abs: bool = True, normalise: bool = True, quantus_compat: bool = False) -> None:
-        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
+    abs: bool = True
+    normalise: bool = True
 
 
 @EXPLANATION_METRICS.register("sparseness")
@@ -57,11 +57,7 @@ class EffectiveComplexity(ComplexityMetric):
 
     higher_is_better = False
 
-    def __init__(
-        self, *, eps: float = 1e-5, abs: bool = True, normalise: bool = True, quantus_compat: bool = False
-    ) -> None:
-        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
-        self.eps = eps
+    eps: float = 1e-5
 
     def compute(self, context: EvaluationContext) -> Tensor:
         return (flatten(self.attributions(context)) > self.eps).sum(1).double()

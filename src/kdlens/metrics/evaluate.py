@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from kdlens.data import DataBundle, DataConfigBase
@@ -15,11 +16,21 @@ def evaluation_splits(bundle: DataBundle) -> dict:
 
 
 def predict_splits(
-    model: nn.Module, bundle: DataBundle, config: DataConfigBase, device: str = "cpu"
+    model: nn.Module, bundle: DataBundle, config: DataConfigBase, device: str | torch.device = "cpu"
 ) -> dict[str, Predictions]:
     return {
         name: predict(model, eval_loader(split, config), device) for name, split in evaluation_splits(bundle).items()
     }
+
+
+def split_reports(
+    predictions: dict[str, Predictions],
+    teacher: dict[str, Predictions] | None = None,
+    group_names: list[str] | None = None,
+) -> dict[str, dict]:
+    """``{split: classification report}``, against the teacher's predictions of the same splits."""
+    teacher = teacher or {}
+    return {split: classification_report(p, teacher.get(split), group_names) for split, p in predictions.items()}
 
 
 def evaluate_models(
@@ -27,15 +38,11 @@ def evaluate_models(
     bundle: DataBundle,
     config: DataConfigBase,
     teacher: nn.Module | None = None,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
 ) -> dict[str, dict[str, dict]]:
     """``{model name: {split: report}}``; the teacher's predictions are computed once and shared."""
-    teacher_predictions = predict_splits(teacher, bundle, config, device) if teacher is not None else {}
-    results = {}
-    for name, model in models.items():
-        predictions = predict_splits(model, bundle, config, device)
-        results[name] = {
-            split: classification_report(p, teacher_predictions.get(split), bundle.group_names)
-            for split, p in predictions.items()
-        }
-    return results
+    teacher_predictions = predict_splits(teacher, bundle, config, device) if teacher is not None else None
+    return {
+        name: split_reports(predict_splits(model, bundle, config, device), teacher_predictions, bundle.group_names)
+        for name, model in models.items()
+    }

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from kdlens.explain import EXPLAINERS, ExplainError, LayerExplainer, explain, make_explainer
-from kdlens.metrics.base import EXPLANATION_METRICS, EvaluationContext, ExplanationMetric, eval_mode
+from kdlens.aggregate import aggregate
+from kdlens.explain import (
+    EXPLAINERS,
+    ExplainError,
+    LayerExplainer,
+    TargetName,
+    check_target,
+    explain,
+    make_explainer,
+    resolve_target,
+)
+from kdlens.metrics.base import EXPLANATION_METRICS, EvaluationContext, ExplanationMetric
 from kdlens.metrics.suite import METRIC_PRESETS
+from kdlens.models.modes import eval_mode
 from kdlens.registry import unknown_name_message
-
-Target = Literal["label", "pred", "teacher"]
 
 THESIS_IMAGE = (3, 224, 224)
 """The thesis suite's constants are for this input: 48 feature groups, top-k of 1000 pixels."""
@@ -82,19 +89,6 @@ def check_explainers(models: dict[str, nn.Module], explainers: list[str], layer:
             make_explainer(model, method, explained_layer(method, layer))
 
 
-def explanation_targets(target: Target, labels: Tensor, model: nn.Module, teacher: nn.Module | None, x: Tensor) -> Tensor:
-    """The class explained per sample: the true label, the model's own top-1, or the teacher's."""
-    if target == "label":
-        if (labels < 0).any():
-            raise ValueError("this split has unlabelled samples: explain --target pred or teacher")
-        return labels
-    explained_by = teacher if target == "teacher" else model
-    if explained_by is None:
-        raise ValueError("--target teacher needs --teacher")
-    with torch.no_grad():
-        return explained_by(x).argmax(1)
-
-
 @dataclass
 class ExplanationResults:
     """What :func:`evaluate_explanations` computes."""
@@ -105,6 +99,9 @@ class ExplanationResults:
     curves: dict[str, list[dict]] = field(default_factory=dict)
     """Per metric with per-sample points (``point_labels``, e.g. ``decile_prediction_drop``): one
     row per (model, explainer, sample), the same identifying columns, then one column per point."""
+    maps: dict[tuple[str, str], Tensor] = field(default_factory=dict)
+    """With ``keep_maps``: per (model, explainer) the maps (N, 1, H, W), float32 on the CPU, in the
+    split's order."""
 
 
 def evaluate_explanations(
@@ -113,37 +110,44 @@ def evaluate_explanations(
     explainers: list[str],
     metrics: dict[str, ExplanationMetric],
     *,
-    target: Target = "label",
+    target: TargetName = "label",
     teacher: nn.Module | None = None,
     n: int | None = None,
     layer: str | None = None,
     tta: bool = False,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
+    keep_maps: bool = False,
 ) -> ExplanationResults:
     """Every model × explainer × metric on the first ``n`` samples of ``split``. ``layer``: the
     module path the CAM-family methods explain (default: each model's own, its last feature stage);
     ``tta``: average each map over horizontal flip × brightness {0.9, 1, 1.1} (the thesis's
     ``aug_smooth``). All metrics of a batch share one context: the clean forward pass and perturbed
-    images two metrics have in common (and the per-sample curves) are computed once."""
-    if target == "teacher" and teacher is None:
-        raise ValueError("--target teacher needs --teacher")
+    images two metrics have in common (and the per-sample curves) are computed once. The explained
+    class comes from :func:`~kdlens.explain.resolve_target` (``teacher``: ``teacher``'s top-1);
+    ``keep_maps`` keeps every map in ``results.maps``."""
+    check_target(target, teacher is not None)
     check_explainers(models, explainers, layer)
     if n is not None:
         split = Subset(split, range(min(n, len(split))))
     results = ExplanationResults([], {name: [] for name, metric in metrics.items() if hasattr(metric, "point_labels")})
+    if teacher is not None:
+        teacher.eval().to(device)
     for model_name, model in models.items():
         model.eval().to(device)
         for method in explainers:
             def explain_fn(m: nn.Module, x: Tensor, y: Tensor, method: str = method) -> Tensor:
                 return explain(m, x, y, method, layer=explained_layer(method, layer), tta=tta)
 
+            kept: list[Tensor] = []
             for batch in DataLoader(split, batch_size=batch_size):
                 x = batch["image"].to(device)
                 labels = batch["label"].to(device)
-                y = explanation_targets(target, labels, model, teacher, x)
+                y = resolve_target(model, x, target, labels=labels, teacher=teacher)
                 mask = batch.get("mask")
                 a = explain_fn(model, x, y).detach()
+                if keep_maps:
+                    kept.append(a.float().cpu())
                 context = EvaluationContext(model, x, y, a, None if mask is None else mask.to(device), explain_fn)
                 with eval_mode(model):
                     scores = {name: metric.evaluate(context) for name, metric in metrics.items()}
@@ -155,22 +159,21 @@ def evaluate_explanations(
                     for name, values in points.items():
                         point_values = dict(zip(metrics[name].point_labels, values[i].tolist(), strict=True))
                         results.curves[name].append(ids | point_values)
+            if keep_maps and kept:
+                results.maps[(model_name, method)] = torch.cat(kept)
     return results
 
 
-
 def aggregate_scores(rows: list[dict], metric_names: list[str]) -> list[dict]:
-    """Per (model, explainer, metric): mean and sample std over the samples with a score, n, and
-    how many samples had none (NaN)."""
+    """Per (model, explainer, metric): :func:`kdlens.aggregate.aggregate` of the samples' scores
+    (mean and sample std over the samples with a score, n, and how many samples had none)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["model"], row["explainer"]), []).append(row)
     table = []
     for (model, method), group in groups.items():
         for metric in metric_names:
-            values = [row[metric] for row in group if not math.isnan(row[metric])]
-            mean = sum(values) / len(values) if values else math.nan
-            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
-            table.append({"model": model, "explainer": method, "metric": metric, "mean": mean, "std": std,
-                          "n": len(values), "nan": len(group) - len(values)})
+            stats = aggregate(row[metric] for row in group)
+            table.append({"model": model, "explainer": method, "metric": metric, "mean": stats.mean, "std": stats.std,
+                          "n": stats.n, "nan": stats.nan})
     return table

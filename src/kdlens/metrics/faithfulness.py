@@ -2,21 +2,26 @@
 
 Every metric here is one or two perturbation sweeps (:mod:`kdlens.metrics.sweep`) plus a little
 arithmetic on the readouts. "Features" are the elements of x with the attribution broadcast to x's
-channels (Quantus's convention); "pixels" are spatial positions with all their channels. Parameters
-keep Quantus's names and defaults (``features_in_step``, ``perturb_baseline``, ``softmax``, ...);
-``softmax`` picks the class probability or the logit as the model's score.
+channels (Quantus's convention); "pixels" are spatial positions with all their channels.
 
-Random draws come from a ``torch.Generator`` seeded with ``seed``; with ``quantus_compat=True`` they
-come from ``numpy.random.RandomState(seed)`` in Quantus's order, so that seeding NumPy's global
-generator with the same seed before a Quantus call reproduces its values.
+Parameters keep Quantus's names and defaults (``features_in_step``, ``softmax``, ``nr_samples``, ...)
+and are declared once, in the class that introduces them (:class:`Perturbing`: ``baseline``;
+:class:`ScoredPerturbation`: ``softmax``; :class:`FeatureSteps`: ``features_in_step``;
+:class:`~kdlens.metrics.base.Seeded`: ``seed``). What replaces removed features is ``baseline``
+everywhere; Quantus's name for it, ``perturb_baseline``, is accepted too. ``softmax`` picks the
+class probability or the logit as the model's score.
+
+Random draws come from :class:`~kdlens.metrics.base.RandomDraws`: torch streams of ``seed``, or
+with ``quantus_compat=True`` ``numpy.random.RandomState(seed)`` in Quantus's order, so that seeding
+NumPy's global generator with the same seed before a Quantus call reproduces its values.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Literal
+from dataclasses import InitVar
+from typing import ClassVar, Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -25,7 +30,7 @@ from kdlens.metrics.base import (
     CurveMetric,
     EvaluationContext,
     ExplanationMetric,
-    generator,
+    Seeded,
 )
 from kdlens.metrics.functional import flatten, pearson, spearman
 from kdlens.metrics.sweep import (
@@ -85,8 +90,35 @@ def feature_attributions(metric: ExplanationMetric, context: EvaluationContext) 
     return unit_scores(metric.attributions(context), "feature", context.x.shape[1:])
 
 
+class Perturbing(ExplanationMetric):
+    """A metric that removes features: ``baseline`` is what replaces them."""
+
+    baseline: Baseline = "black"
+    """See :data:`~kdlens.metrics.sweep.Baseline`."""
+    perturb_baseline: InitVar[Baseline | None] = None
+    """Quantus's name for ``baseline``; when given it is the baseline (the one place the two meet)."""
+
+    def __post_init__(self, perturb_baseline: Baseline | None) -> None:
+        if perturb_baseline is not None:
+            self.baseline = perturb_baseline
+
+
+class ScoredPerturbation(Perturbing):
+    """Quantus's faithfulness metrics: max-normalised attributions, and the explained class's
+    softmax probability (``softmax``) or logit as the score."""
+
+    softmax: bool = True
+    normalise: bool = True
+
+
+class FeatureSteps(ScoredPerturbation):
+    """Features are removed (or put back) ``features_in_step`` at a time."""
+
+    features_in_step: int = 1
+
+
 @EXPLANATION_METRICS.register("pixel_flipping")
-class PixelFlipping(CurveMetric):
+class PixelFlipping(FeatureSteps, CurveMetric):
     """Bach et al. 2015: remove features in order of decreasing attribution, ``features_in_step`` more
     at each step (cumulative), and follow the score of the explained class. The curve has
     ``ceil(N / features_in_step)`` points; the score is its area (trapezoid, unit spacing, Quantus's
@@ -94,117 +126,66 @@ class PixelFlipping(CurveMetric):
 
     higher_is_better = False
 
-    def __init__(
-        self,
-        *,
-        features_in_step: int = 1,
-        perturb_baseline: Baseline = "black",
-        softmax: bool = True,
-        abs: bool = False,
-        normalise: bool = True,
-        quantus_compat: bool = False,
-    ) -> None:
-        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
-        self.features_in_step = features_in_step
-        self.perturb_baseline = perturb_baseline
-        self.softmax = softmax
-
     def compute_curve(self, context: EvaluationContext) -> Tensor:
         steps = cumulative_steps(n_features(context), self.features_in_step)
-        sweep, _ = ranked_attribution_sweep(context, self, "feature", "descending", steps, self.perturb_baseline)
+        sweep, _ = ranked_attribution_sweep(context, self, "feature", "descending", steps, self.baseline)
         return context.sweep(sweep).score(self.softmax).double()
 
     def compute(self, context: EvaluationContext) -> Tensor:
         return torch.trapezoid(self.compute_curve(context), dim=1)
 
 
-class PatchMetric(CurveMetric):
+class PatchMetric(ScoredPerturbation, CurveMetric):
     """Shared by RegionPerturbation and Selectivity: remove ``patch_size``² patches (all channels,
-    the image padded as Quantus pads it when the size is not a multiple), cumulatively, in ``order``
-    of their attribution sum."""
+    the image padded as Quantus pads it when the size is not a multiple), cumulatively, in the
+    order of :meth:`patch_order` (most relevant first)."""
 
+    patch_size: int = 8
     higher_is_better = False
 
-    def __init__(
-        self,
-        *,
-        patch_size: int,
-        order: Literal["morf", "lerf", "random"],
-        perturb_baseline: Baseline,
-        softmax: bool,
-        abs: bool,
-        normalise: bool,
-        seed: int,
-        quantus_compat: bool,
-    ) -> None:
-        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
-        if order not in ("morf", "lerf", "random"):
-            raise ValueError(f"order must be morf, lerf or random, got {order!r}")
-        self.patch_size = patch_size
-        self.order = order
-        self.perturb_baseline = perturb_baseline
-        self.softmax = softmax
-        self.seed = seed
+    def patch_order(self, context: EvaluationContext) -> tuple[Tensor, Hashable]:
+        """Each sample's patches, first removed first, and a key identifying that order."""
+        return attribution_order(context, self, self.patch_size, "descending")
 
     def patch_scores(self, context: EvaluationContext, n_steps: int | None) -> Tensor:
         """``(B, steps)`` scores after removing the first 1, 2, ... patches (all, or ``n_steps``)."""
-        if self.order == "random":
-            n_patches = count_units(self.patch_size, context.x.shape[1:])
-            order = self.random_order(len(context), n_patches, context.device)
-            order_key: Hashable = ("random", self.seed, self.quantus_compat)
-        else:
-            order, order_key = attribution_order(
-                context, self, self.patch_size, "descending" if self.order == "morf" else "ascending"
-            )
-            n_patches = order.shape[1]
+        order, order_key = self.patch_order(context)
+        n_patches = order.shape[1]
         sweep = RankedSweep(
             context.x,
             unit=self.patch_size,
             order=order,
             order_key=order_key,
             steps=cumulative_steps(min(n_patches, n_steps or n_patches), 1),
-            fill=Fill.baseline(context.x, self.perturb_baseline),
+            fill=Fill.baseline(context.x, self.baseline),
         )
         return context.sweep(sweep).score(self.softmax).double()
 
-    def random_order(self, n_samples: int, n_patches: int, device: torch.device) -> Tensor:
-        if self.quantus_compat:
-            state = np.random.RandomState(self.seed)
-            return torch.from_numpy(np.stack([state.permutation(n_patches) for _ in range(n_samples)])).to(device)
-        return torch.rand(n_samples, n_patches, generator=generator(self.seed, device), device=device).argsort(1)
-
 
 @EXPLANATION_METRICS.register("region_perturbation")
-class RegionPerturbation(PatchMetric):
+class RegionPerturbation(PatchMetric, Seeded):
     """Samek et al. 2015: curve = score on x minus score after removing the first 1..``regions_evaluation``
     patches (``order`` morf: most relevant first; lerf; random). The score is the AOPC, the mean of
     that curve: higher is better for morf, lower for lerf."""
 
-    def __init__(
-        self,
-        *,
-        patch_size: int = 8,
-        order: Literal["morf", "lerf", "random"] = "morf",
-        regions_evaluation: int = 100,
-        perturb_baseline: Baseline = "black",
-        softmax: bool = True,
-        abs: bool = False,
-        normalise: bool = True,
-        seed: int = 0,
-        quantus_compat: bool = False,
-    ) -> None:
-        super().__init__(
-            patch_size=patch_size,
-            order=order,
-            perturb_baseline=perturb_baseline,
-            softmax=softmax,
-            abs=abs,
-            normalise=normalise,
-            seed=seed,
-            quantus_compat=quantus_compat,
-        )
-        self.regions_evaluation = regions_evaluation
-        self.higher_is_better = order != "lerf"
+    order: Literal["morf", "lerf", "random"] = "morf"
+    regions_evaluation: int = 100
+
+    def __post_init__(self, perturb_baseline: Baseline | None) -> None:
+        super().__post_init__(perturb_baseline)
+        if self.order not in ("morf", "lerf", "random"):
+            raise ValueError(f"order must be morf, lerf or random, got {self.order!r}")
+
+    @property  # type: ignore[misc]
+    def higher_is_better(self) -> bool:  # type: ignore[override]
+        return self.order != "lerf"
+
+    def patch_order(self, context: EvaluationContext) -> tuple[Tensor, Hashable]:
+        if self.order == "random":
+            n_patches = count_units(self.patch_size, context.x.shape[1:])
+            order = self.draws(context.device).permutations(len(context), n_patches)
+            return order, ("random", self.seed, self.quantus_compat)
+        return attribution_order(context, self, self.patch_size, "descending" if self.order == "morf" else "ascending")
 
     def compute_curve(self, context: EvaluationContext) -> Tensor:
         clean = context.clean().score(self.softmax).double()
@@ -219,27 +200,6 @@ class Selectivity(PatchMetric):
     """Montavon et al. 2018: curve = score after removing the first 1, 2, ... patches, most relevant
     first, until all are gone; the score is its area (trapezoid, unit spacing). Lower is better."""
 
-    def __init__(
-        self,
-        *,
-        patch_size: int = 8,
-        perturb_baseline: Baseline = "black",
-        softmax: bool = True,
-        abs: bool = False,
-        normalise: bool = True,
-        quantus_compat: bool = False,
-    ) -> None:
-        super().__init__(
-            patch_size=patch_size,
-            order="morf",
-            perturb_baseline=perturb_baseline,
-            softmax=softmax,
-            abs=abs,
-            normalise=normalise,
-            seed=0,
-            quantus_compat=quantus_compat,
-        )
-
     def compute_curve(self, context: EvaluationContext) -> Tensor:
         return self.patch_scores(context, None)
 
@@ -247,22 +207,18 @@ class Selectivity(PatchMetric):
         return torch.trapezoid(self.compute_curve(context), dim=1)
 
 
-class PixelCurve(CurveMetric):
+class PixelCurve(Perturbing, CurveMetric):
     """Shared by the pixel-ranked curves (deletion, insertion, positive/negative perturbation, decile
-    drop): pixels ranked by the attribution summed over channels."""
-
-    def __init__(self) -> None:
-        super().__init__(abs=False, normalise=False)
+    drop): pixels ranked by the attribution summed over channels, replaced by ``baseline``."""
 
     def pixel_sweep(
         self,
         context: EvaluationContext,
         order: Literal["descending", "ascending"],
         steps: Sequence[tuple[int, int, int]],
-        baseline: Baseline,
         insert: bool = False,
     ) -> RankedSweep:
-        return ranked_attribution_sweep(context, self, "pixel", order, steps, baseline, insert=insert)[0]
+        return ranked_attribution_sweep(context, self, "pixel", order, steps, self.baseline, insert=insert)[0]
 
 
 def n_pixels(context: EvaluationContext) -> int:
@@ -275,11 +231,7 @@ class RiseCurve(PixelCurve):
     probability of the class the model predicts on x, from step 0 (nothing changed) to the end. The
     score is the curve's area with both axes in [0, 1]."""
 
-    insert: bool
-
-    def __init__(self, *, pixels_per_step: int | None = None) -> None:
-        super().__init__()
-        self.pixels_per_step = pixels_per_step
+    pixels_per_step: int | None = None
 
     def steps(self, context: EvaluationContext) -> list[tuple[int, int, int]]:
         return cumulative_steps(n_pixels(context), self.pixels_per_step or context.x.shape[3], first=0)
@@ -290,21 +242,25 @@ class RiseCurve(PixelCurve):
 
 @EXPLANATION_METRICS.register("deletion")
 class Deletion(RiseCurve):
-    """RISE deletion: pixels are set to 0. Lower is better."""
+    """RISE deletion: pixels are set to ``baseline`` (0). Lower is better."""
 
+    baseline: Baseline = 0.0
     higher_is_better = False
 
     def compute_curve(self, context: EvaluationContext) -> Tensor:
-        sweep = self.pixel_sweep(context, "descending", self.steps(context), 0.0)
+        sweep = self.pixel_sweep(context, "descending", self.steps(context))
         return context.sweep(sweep).prob_predicted.double()
 
 
 @EXPLANATION_METRICS.register("insertion")
 class Insertion(RiseCurve):
-    """RISE insertion: start from the blurred image (Gaussian kernel 11, σ 5) and put pixels back."""
+    """RISE insertion: start from ``baseline``, the blurred image (Gaussian kernel 11, σ 5), and put
+    pixels back."""
+
+    baseline: Baseline = "blur"
 
     def compute_curve(self, context: EvaluationContext) -> Tensor:
-        sweep = self.pixel_sweep(context, "descending", self.steps(context), "blur", insert=True)
+        sweep = self.pixel_sweep(context, "descending", self.steps(context), insert=True)
         return context.sweep(sweep).prob_predicted.double()
 
 
@@ -315,16 +271,13 @@ class PerturbationAccuracy(PixelCurve):
     curve over the fractions, divided by their range (so in [0, 1]); averaged over samples it is the
     paper's AUC up to its scale."""
 
-    order: Literal["descending", "ascending"]
-
-    def __init__(self, *, fractions: Sequence[float] = TENTHS, baseline: Baseline = 0.0) -> None:
-        super().__init__()
-        self.fractions = tuple(fractions)
-        self.baseline = baseline
+    order: ClassVar[Literal["descending", "ascending"]]
+    fractions: Sequence[float] = TENTHS
+    baseline: Baseline = 0.0
 
     def compute_curve(self, context: EvaluationContext) -> Tensor:
         steps = [(0, int(n_pixels(context) * f), 0) for f in self.fractions]
-        return context.sweep(self.pixel_sweep(context, self.order, steps, self.baseline)).correct.double()
+        return context.sweep(self.pixel_sweep(context, self.order, steps)).correct.double()
 
     def compute(self, context: EvaluationContext) -> Tensor:
         x = torch.tensor(self.fractions, dtype=torch.float64, device=context.device)
@@ -348,7 +301,7 @@ class NegativePerturbation(PerturbationAccuracy):
 
 @EXPLANATION_METRICS.register("decile_prediction_drop")
 class DecilePredictionDrop(PixelCurve):
-    """For each decile of pixels by ascending attribution, set only that decile to ``fill`` (the
+    """For each decile of pixels by ascending attribution, set only that decile to ``baseline`` (the
     dataset mean: 0 for mean/std-normalised inputs, or one value per channel) and record the
     probability of the explained class: a 10-point curve, least salient decile first. The score is
     the first point minus the last: how much better the prediction survives losing its least
@@ -358,17 +311,14 @@ class DecilePredictionDrop(PixelCurve):
     probability first (its "−10 %" column), then the deciles starting at 0 %, 10 %, …, 90 % of
     ascending attribution (:attr:`point_labels`)."""
 
-    point_labels = ("-10%", *(f"{10 * d}%" for d in range(10)))
+    point_labels: ClassVar[tuple[str, ...]] = ("-10%", *(f"{10 * d}%" for d in range(10)))
     """Column names of :meth:`points`: ``-10%`` (nothing removed), then each decile's first percentile."""
-
-    def __init__(self, *, fill: float | tuple[float, ...] = 0.0) -> None:
-        super().__init__()
-        self.fill = fill
+    baseline: Baseline = 0.0
 
     def compute_curve(self, context: EvaluationContext) -> Tensor:
         n = n_pixels(context)
         steps = [(d * n // 10, (d + 1) * n // 10, 0) for d in range(10)]
-        return context.sweep(self.pixel_sweep(context, "ascending", steps, self.fill)).prob.double()
+        return context.sweep(self.pixel_sweep(context, "ascending", steps)).prob.double()
 
     def points(self, context: EvaluationContext) -> Tensor:
         """``(B, 11)``: the probability of the explained class on the unperturbed image, then the
@@ -381,75 +331,38 @@ class DecilePredictionDrop(PixelCurve):
 
 
 @EXPLANATION_METRICS.register("faithfulness_estimate")
-class FaithfulnessEstimate(ExplanationMetric):
+class FaithfulnessEstimate(FeatureSteps):
     """Alvarez-Melis & Jaakkola 2018: Pearson correlation, over groups of ``features_in_step``
     features in order of decreasing attribution, between the group's attribution sum and the drop
     of the score when only that group is removed."""
 
-    def __init__(
-        self,
-        *,
-        features_in_step: int = 1,
-        perturb_baseline: Baseline = "black",
-        softmax: bool = False,
-        abs: bool = False,
-        normalise: bool = True,
-        quantus_compat: bool = False,
-    ) -> None:
-        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
-        self.features_in_step = features_in_step
-        self.perturb_baseline = perturb_baseline
-        self.softmax = softmax
+    softmax: bool = False
 
     def compute(self, context: EvaluationContext) -> Tensor:
         steps = group_steps(n_features(context), self.features_in_step)
-        sweep, order = ranked_attribution_sweep(context, self, "feature", "descending", steps, self.perturb_baseline)
+        sweep, order = ranked_attribution_sweep(context, self, "feature", "descending", steps, self.baseline)
         drops = score_drops(context, sweep, self.softmax)
         return pearson(group_sums(feature_attributions(self, context), order, self.features_in_step), drops)
 
 
 @EXPLANATION_METRICS.register("faithfulness_correlation")
-class FaithfulnessCorrelation(ExplanationMetric):
+class FaithfulnessCorrelation(ScoredPerturbation, Seeded):
     """Bhatt et al. 2020: over ``nr_runs`` random subsets of ``subset_size`` features, the Pearson
     correlation between the subset's attribution sum and the drop of the score when it is removed."""
 
-    def __init__(
-        self,
-        *,
-        nr_runs: int = 100,
-        subset_size: int = 224,
-        perturb_baseline: Baseline = "black",
-        softmax: bool = False,
-        abs: bool = False,
-        normalise: bool = True,
-        seed: int = 0,
-        quantus_compat: bool = False,
-    ) -> None:
-        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
-        self.nr_runs = nr_runs
-        self.subset_size = subset_size
-        self.perturb_baseline = perturb_baseline
-        self.softmax = softmax
-        self.seed = seed
+    nr_runs: int = 100
+    subset_size: int = 224
+    softmax: bool = False
 
     def subsets(self, n_samples: int, n: int, device: torch.device) -> Tensor:
-        """``(nr_runs, B, subset_size)`` feature indices."""
-        if self.quantus_compat:
-            state = np.random.RandomState(self.seed)
-            runs = []
-            for _ in range(self.nr_runs):
-                runs.append(np.stack([state.choice(n, self.subset_size, replace=False) for _ in range(n_samples)]))
-                if isinstance(self.perturb_baseline, str):
-                    state.random_sample(n_samples)  # Quantus draws a (then unused) uniform baseline per call
-            return torch.from_numpy(np.stack(runs)).to(device)
-        return torch.stack(
-            [
-                torch.rand(n_samples, n, generator=generator(self.seed, device, run), device=device)
-                .topk(self.subset_size, dim=1)
-                .indices
-                for run in range(self.nr_runs)
-            ]
-        )
+        """``(nr_runs, B, subset_size)`` feature indices, one stream per run."""
+        draws = self.draws(device)
+        runs = []
+        for run in range(self.nr_runs):
+            runs.append(draws.subsets(n_samples, n, self.subset_size, stream=run))
+            if isinstance(self.baseline, str):
+                draws.skip_unused(n_samples)  # Quantus draws a (then unused) uniform baseline per call
+        return torch.stack(runs)
 
     def compute(self, context: EvaluationContext) -> Tensor:
         n = n_features(context)
@@ -460,7 +373,7 @@ class FaithfulnessCorrelation(ExplanationMetric):
             context.x,
             subsets=subsets,
             subsets_key=(self.nr_runs, self.subset_size, self.seed, self.quantus_compat),
-            fill=Fill.baseline(context.x, self.perturb_baseline),
+            fill=Fill.baseline(context.x, self.baseline),
         )
         drops = score_drops(context, sweep, self.softmax)
         a = feature_attributions(self, context)
@@ -469,7 +382,7 @@ class FaithfulnessCorrelation(ExplanationMetric):
 
 
 @EXPLANATION_METRICS.register("monotonicity")
-class Monotonicity(ExplanationMetric):
+class Monotonicity(FeatureSteps):
     """Arya et al. 2019: start from the baseline image and put features back in order of increasing
     ``|a|``, ``features_in_step`` at a time; 1 if the score never decreases, else 0.
 
@@ -477,32 +390,17 @@ class Monotonicity(ExplanationMetric):
     never change and it returns 1 for every sample; there is no compat mode for that.
     """
 
-    def __init__(
-        self,
-        *,
-        features_in_step: int = 1,
-        perturb_baseline: Baseline = "black",
-        softmax: bool = True,
-        abs: bool = True,
-        normalise: bool = True,
-        quantus_compat: bool = False,
-    ) -> None:
-        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
-        self.features_in_step = features_in_step
-        self.perturb_baseline = perturb_baseline
-        self.softmax = softmax
+    abs: bool = True
 
     def compute(self, context: EvaluationContext) -> Tensor:
         steps = cumulative_steps(n_features(context), self.features_in_step)
-        sweep, _ = ranked_attribution_sweep(
-            context, self, "feature", "ascending", steps, self.perturb_baseline, insert=True
-        )
+        sweep, _ = ranked_attribution_sweep(context, self, "feature", "ascending", steps, self.baseline, insert=True)
         scores = context.sweep(sweep).score(self.softmax)
         return (scores.diff(dim=1) >= 0).all(1).double()
 
 
 @EXPLANATION_METRICS.register("monotonicity_correlation")
-class MonotonicityCorrelation(ExplanationMetric):
+class MonotonicityCorrelation(FeatureSteps, Seeded):
     """Nguyen & Martínez 2020: Spearman correlation, over groups of ``features_in_step`` features in
     order of increasing ``|a|``, between the group's attribution sum and the mean squared change of
     the score over ``nr_samples`` replacements of only that group by a uniform draw in [0, 1) (one
@@ -512,47 +410,24 @@ class MonotonicityCorrelation(ExplanationMetric):
     correlation ignores, so it is left out (and so is Quantus's ``eps`` that guards it).
     """
 
-    def __init__(
-        self,
-        *,
-        nr_samples: int = 100,
-        features_in_step: int = 1,
-        perturb_baseline: Baseline = "uniform",
-        softmax: bool = True,
-        abs: bool = True,
-        normalise: bool = True,
-        seed: int = 0,
-        quantus_compat: bool = False,
-    ) -> None:
-        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
-        self.nr_samples = nr_samples
-        self.features_in_step = features_in_step
-        self.perturb_baseline = perturb_baseline
-        self.softmax = softmax
-        self.seed = seed
-
-    def uniform_fill(self, rows: int, n_samples: int, device: torch.device) -> Tensor:
-        """``(rows, B, 1, 1, 1)`` draws; Quantus draws one per sample at each (group, draw) in that order."""
-        if self.quantus_compat:
-            values = torch.from_numpy(np.random.RandomState(self.seed).uniform(size=(rows, n_samples))).to(device)
-        else:
-            values = torch.rand(rows, n_samples, generator=generator(self.seed, device), device=device)
-        return values.view(rows, n_samples, 1, 1, 1)
+    nr_samples: int = 100
+    baseline: Baseline = "uniform"
+    abs: bool = True
 
     def compute(self, context: EvaluationContext) -> Tensor:
         n = n_features(context)
         n_groups = -(-n // self.features_in_step)
-        if self.perturb_baseline == "uniform":
+        if self.baseline == "uniform":
             draws = self.nr_samples
             steps = group_steps(n, self.features_in_step, draws)
-            fill = Fill(
-                self.uniform_fill(n_groups * draws, len(context), context.device),
-                ("uniform", n_groups * draws, self.seed, self.quantus_compat),
-            )
+            # Quantus draws one value per sample at each (group, draw), in that order.
+            values = self.draws(context.device).uniform((n_groups * draws, len(context)))
+            fill = Fill(values.view(n_groups * draws, len(context), 1, 1, 1),
+                        ("uniform", n_groups * draws, self.seed, self.quantus_compat))
         else:  # a deterministic baseline gives the same image at every draw: one is enough
             draws = 1
             steps = group_steps(n, self.features_in_step)
-            fill = Fill.baseline(context.x, self.perturb_baseline)
+            fill = Fill.baseline(context.x, self.baseline)
         sweep, order = ranked_attribution_sweep(context, self, "feature", "ascending", steps, fill)
         scores = context.sweep(sweep).score(self.softmax).view(len(context), n_groups, draws)
         clean = context.clean().score(self.softmax)
@@ -561,7 +436,7 @@ class MonotonicityCorrelation(ExplanationMetric):
 
 
 @EXPLANATION_METRICS.register("infidelity")
-class Infidelity(ExplanationMetric):
+class Infidelity(ScoredPerturbation):
     """Yeh et al. 2019 as Quantus 0.6 implements it: for each patch size, remove the patches one after
     another in raster order (cumulatively); at each step compare the drop of the score with the
     attribution-weighted change of the input, ``Σ a·(x − x')``; the score is the mean squared
@@ -572,26 +447,14 @@ class Infidelity(ExplanationMetric):
     (it perturbs padded indices of the unpadded image); kdlens pads as RegionPerturbation does.
     """
 
+    perturb_patch_sizes: Sequence[int] = (4,)
+    softmax: bool = False
+    normalise: bool = False
     higher_is_better = False
-
-    def __init__(
-        self,
-        *,
-        perturb_patch_sizes: Sequence[int] = (4,),
-        perturb_baseline: Baseline = "black",
-        softmax: bool = False,
-        abs: bool = False,
-        normalise: bool = False,
-        quantus_compat: bool = False,
-    ) -> None:
-        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
-        self.perturb_patch_sizes = tuple(perturb_patch_sizes)
-        self.perturb_baseline = perturb_baseline
-        self.softmax = softmax
 
     def compute(self, context: EvaluationContext) -> Tensor:
         x = context.x
-        fill = Fill.baseline(x, self.perturb_baseline)
+        fill = Fill.baseline(x, self.baseline)
         # Per-pixel contribution Σ_c a·(x − fill) of removing that pixel.
         contribution = (self.attributions(context).double() * (x.double() - fill.values[0].double())).sum(
             1, keepdim=True

@@ -58,18 +58,9 @@ class PointingGame(LocalisationMetric):
     Quantus 0.6 differs: an empty mask counts as a hit (kdlens: NaN) and ``weighted=True`` crashes.
     """
 
-    def __init__(
-        self,
-        *,
-        tolerance: int = 0,
-        weighted: bool = False,
-        abs: bool = False,
-        normalise: bool = True,
-        quantus_compat: bool = False,
-    ) -> None:
-        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
-        self.tolerance = tolerance
-        self.weighted = weighted
+    tolerance: int = 0
+    weighted: bool = False
+    normalise: bool = True
 
     def compute(self, context: EvaluationContext) -> Tensor:
         assert context.s is not None
@@ -104,18 +95,10 @@ class AttributionLocalisation(LocalisationMetric):
     samples (``x_batch[2:].size``) instead of by the image area.
     """
 
-    def __init__(
-        self,
-        *,
-        weighted: bool = False,
-        positive_attributions: bool = False,
-        abs: bool = True,
-        normalise: bool = True,
-        quantus_compat: bool = False,
-    ) -> None:
-        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
-        self.weighted = weighted
-        self.positive_attributions = positive_attributions
+    weighted: bool = False
+    positive_attributions: bool = False
+    abs: bool = True
+    normalise: bool = True
 
     def compute(self, context: EvaluationContext) -> Tensor:
         a, s = self.flat(context)
@@ -132,8 +115,7 @@ class AttributionLocalisation(LocalisationMetric):
 class RelevanceMassAccuracy(LocalisationMetric):
     """Arras et al. 2022: ``Σ_s a / Σ a`` on the signed attribution."""
 
-    def __init__(self, *, abs: bool = False, normalise: bool = True, quantus_compat: bool = False) -> None:
-        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
+    normalise: bool = True
 
     def compute(self, context: EvaluationContext) -> Tensor:
         a, s = self.flat(context)
@@ -146,8 +128,7 @@ class RelevanceRankAccuracy(LocalisationMetric):
     """Arras et al. 2022: with K = mask size, the share of the K highest attributions inside the mask
     (ties broken towards lower indices)."""
 
-    def __init__(self, *, abs: bool = False, normalise: bool = True, quantus_compat: bool = False) -> None:
-        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
+    normalise: bool = True
 
     def compute(self, context: EvaluationContext) -> Tensor:
         a, s = self.flat(context)
@@ -162,18 +143,9 @@ class TopKIntersection(LocalisationMetric):
     """Theiner et al. 2021: the share of the ``k`` highest attributions inside the mask (1000 at
     224 px); ``concept_influence`` divides by the mask's share of the features."""
 
-    def __init__(
-        self,
-        *,
-        k: int = 1000,
-        concept_influence: bool = False,
-        abs: bool = False,
-        normalise: bool = True,
-        quantus_compat: bool = False,
-    ) -> None:
-        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
-        self.k = k
-        self.concept_influence = concept_influence
+    k: int = 1000
+    concept_influence: bool = False
+    normalise: bool = True
 
     def compute(self, context: EvaluationContext) -> Tensor:
         a, s = self.flat(context)
@@ -190,8 +162,7 @@ class AUC(LocalisationMetric):
     """Fawcett 2006: ROC-AUC of the attribution as a score for the mask, ties as in scikit-learn;
     NaN when the mask is empty or covers everything."""
 
-    def __init__(self, *, abs: bool = False, normalise: bool = True, quantus_compat: bool = False) -> None:
-        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
+    normalise: bool = True
 
     def compute(self, context: EvaluationContext) -> Tensor:
         a, s = self.flat(context)

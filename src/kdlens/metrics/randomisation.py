@@ -9,15 +9,13 @@ import copy
 from collections.abc import Iterator
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from kdlens.metrics.base import (
     EXPLANATION_METRICS,
     EvaluationContext,
-    ExplanationMetric,
-    generator,
+    Seeded,
 )
 from kdlens.metrics.functional import flatten, prepare_attributions, spearman, ssim
 
@@ -44,7 +42,7 @@ def randomised_models(
 
 
 @EXPLANATION_METRICS.register("mprt")
-class MPRT(ExplanationMetric):
+class MPRT(Seeded):
     """Adebayo et al. 2018, model parameter randomisation: the Spearman correlation between the
     given attribution and the attribution of the progressively randomised model (``layer_order``),
     per layer (:meth:`layerwise`); the score is the mean over layers (``reduction="mean"``) or the
@@ -57,19 +55,11 @@ class MPRT(ExplanationMetric):
     requires = frozenset({"model", "explain_fn"})
     higher_is_better = False
 
-    def __init__(
-        self,
-        *,
-        layer_order: Literal["top_down", "bottom_up", "independent"] = "top_down",
-        seed: int = 42,
-        reduction: Literal["mean", "last"] = "mean",
-        abs: bool = True,
-    ) -> None:
-        # Spearman correlations do not change under max-normalisation: there is nothing to normalise.
-        super().__init__(abs=abs)
-        self.layer_order = layer_order
-        self.seed = seed
-        self.reduction = reduction
+    # Spearman correlations do not change under max-normalisation: ``normalise`` changes nothing.
+    layer_order: Literal["top_down", "bottom_up", "independent"] = "top_down"
+    seed: int = 42
+    reduction: Literal["mean", "last"] = "mean"
+    abs: bool = True
 
     def layerwise(self, context: EvaluationContext) -> dict[str, Tensor]:
         """``{module name: (B,) correlations}`` in randomisation order."""
@@ -89,7 +79,7 @@ class MPRT(ExplanationMetric):
 
 
 @EXPLANATION_METRICS.register("random_logit")
-class RandomLogit(ExplanationMetric):
+class RandomLogit(Seeded):
     """Sixt et al. 2020: SSIM between the attribution of the explained class and that of a random
     other class (of ``num_classes``, default: the model's). Lower is better.
 
@@ -101,27 +91,13 @@ class RandomLogit(ExplanationMetric):
     requires = frozenset({"model", "explain_fn"})
     higher_is_better = False
 
-    def __init__(
-        self,
-        *,
-        num_classes: int | None = None,
-        seed: int = 42,
-        abs: bool = False,
-        normalise: bool = True,
-        quantus_compat: bool = False,
-    ) -> None:
-        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
-        self.num_classes = num_classes
-        self.seed = seed
+    num_classes: int | None = None
+    seed: int = 42
+    normalise: bool = True
 
     def other_classes(self, y: Tensor, num_classes: int) -> Tensor:
         """A uniformly drawn class other than ``y`` for every sample."""
-        if self.quantus_compat:
-            offset = torch.from_numpy(np.random.RandomState(self.seed).randint(0, num_classes - 1, len(y))).to(y.device)
-        else:
-            offset = torch.randint(
-                0, num_classes - 1, y.shape, generator=generator(self.seed, y.device), device=y.device
-            )
+        offset = self.draws(y.device).integers(num_classes - 1, y.shape)
         return offset + (offset >= y).long()
 
     def compute(self, context: EvaluationContext) -> Tensor:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -15,8 +14,9 @@ from kdlens.metrics.base import (
     EXPLANATION_METRICS,
     CurveMetric,
     EvaluationContext,
+    RandomDraws,
+    Seeded,
     Sweep,
-    generator,
 )
 from kdlens.metrics.sweep import attribution_order, rank_grid, unit_layout
 
@@ -90,8 +90,7 @@ class ImputationSweep(Sweep):
         order_key: Hashable,
         percentages: Sequence[float],
         noise: float,
-        seed: int,
-        quantus_compat: bool,
+        draws: RandomDraws,
     ) -> None:
         self.x = x
         n_pixels = order.shape[1]
@@ -99,20 +98,19 @@ class ImputationSweep(Sweep):
         self.steps = tuple(percentages)
         self.counts = torch.tensor([int(n_pixels * p / 100) for p in percentages], device=x.device)
         self.noise = noise
-        self.seed = seed
-        # Quantus draws, per percentage and sample, randn(C, k) for the k imputed pixels in rank order.
-        self.compat_noise = self.quantus_noise(order) if quantus_compat else None
-        self.key = ("imputation", order_key, self.steps, noise, seed, quantus_compat)
+        self.draws = draws
+        # Quantus's draws come in one sequence, so all of them are drawn now, in its order.
+        self.compat_noise = self.quantus_noise(order) if draws.quantus_compat else None
+        self.key = ("imputation", order_key, self.steps, noise, draws.seed, draws.quantus_compat)
 
     def quantus_noise(self, order: Tensor) -> Tensor:
+        """Quantus draws, per percentage and sample, normal(C, k) for the k imputed pixels in rank order."""
         n_samples, channels = self.x.shape[:2]
-        state = np.random.RandomState(self.seed)
-        noise = np.zeros((len(self.steps), n_samples, channels, order.shape[1]))
-        order_np = order.cpu().numpy()
+        noise = torch.zeros(len(self.steps), n_samples, channels, order.shape[1], dtype=torch.float64, device=self.x.device)
         for step, count in enumerate(self.counts.tolist()):
             for sample in range(n_samples):
-                noise[step, sample][:, order_np[sample, :count]] = state.randn(channels, count)
-        return torch.from_numpy(noise).to(self.x.device).view(len(self.steps), *self.x.shape)
+                noise[step, sample][:, order[sample, :count]] = self.draws.normal((channels, count))
+        return noise.view(len(self.steps), *self.x.shape)
 
     def step_noise(self, steps: Tensor, samples: Tensor) -> Tensor:
         if self.compat_noise is not None:
@@ -120,8 +118,7 @@ class ImputationSweep(Sweep):
         noise = torch.empty(len(samples), *self.x.shape[1:], device=self.x.device)
         for step in steps.unique().tolist():  # one stream per step: independent of the chunking
             rows = steps == step
-            draw = torch.randn(self.x.shape, generator=generator(self.seed, self.x.device, step), device=self.x.device)
-            noise[rows] = draw[samples[rows]]
+            noise[rows] = self.draws.normal(self.x.shape, stream=step)[samples[rows]]
         return noise
 
     def perturb(self, steps: Tensor, samples: Tensor) -> Tensor:
@@ -132,7 +129,7 @@ class ImputationSweep(Sweep):
 
 
 @EXPLANATION_METRICS.register("road")
-class ROAD(CurveMetric):
+class ROAD(CurveMetric, Seeded):
     """Remove (impute) the ``percentages`` of pixels with the highest (``morf``) or lowest (``lerf``)
     attribution, summed over channels, and record whether the model still predicts the explained
     class. The score is the mean of that curve. With MoRF lower is better.
@@ -142,23 +139,14 @@ class ROAD(CurveMetric):
     attribution); kdlens returns every sample's curve and imputes all channels of a pixel together.
     """
 
-    def __init__(
-        self,
-        *,
-        percentages: Sequence[float] = tuple(range(1, 100, 2)),
-        noise: float = 0.01,
-        order: Literal["morf", "lerf"] = "morf",
-        abs: bool = False,
-        normalise: bool = True,
-        seed: int = 0,
-        quantus_compat: bool = False,
-    ) -> None:
-        super().__init__(abs=abs, normalise=normalise, quantus_compat=quantus_compat)
-        self.percentages = tuple(percentages)
-        self.noise = noise
-        self.order = order
-        self.seed = seed
-        self.higher_is_better = order == "lerf"
+    percentages: Sequence[float] = tuple(range(1, 100, 2))
+    noise: float = 0.01
+    order: Literal["morf", "lerf"] = "morf"
+    normalise: bool = True
+
+    @property  # type: ignore[misc]
+    def higher_is_better(self) -> bool:  # type: ignore[override]
+        return self.order == "lerf"
 
     def compute_curve(self, context: EvaluationContext) -> Tensor:
         order, order_key = attribution_order(
@@ -170,8 +158,7 @@ class ROAD(CurveMetric):
             order_key=order_key,
             percentages=self.percentages,
             noise=self.noise,
-            seed=self.seed,
-            quantus_compat=self.quantus_compat,
+            draws=self.draws(context.device),
         )
         return context.sweep(sweep).correct.double()
 

@@ -8,14 +8,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from kdlens.registry import Registry, unknown_name_message
+from kdlens.errors import UserError
+from kdlens.registry import MODELS, unknown_name_message
 
 ModelBuilder = Callable[..., nn.Module]
 """Called as ``build(num_classes=..., in_channels=...)``, and with ``weights=NAME`` for families
 with published weights."""
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """Pretrained weights that cannot be had: an unknown name, or a file neither cached nor
     downloadable. The message names the fix."""
 
@@ -43,9 +44,16 @@ class ModelSpec:
     """Module path that CAM explanations default to, where probing for the last 4-D feature map
     would pick a wrong one (e.g. vision transformers' token outputs); None: probe. Built models
     carry it as ``model.kdlens_explain_layer``."""
-
-
-MODELS: Registry[ModelSpec] = Registry("model")
+    input_normalization: bool = False
+    """The model undoes the dataset's input normalisation itself (B-cos nets read pixels in [0, 1]
+    as [x, 1 − x]): once built for a dataset it must be given the dataset's statistics with
+    ``model.set_input_normalization(mean, std)`` (they are saved with its weights)."""
+    lrp_canonizers: Callable[[nn.Module], list] | None = None
+    """For LRP: builds the zennit canonizers that put a built model in LRP's canonical form (batch
+    norms merged into the layer before them, residual additions done by zennit's ``Sum``;
+    :mod:`kdlens.models.canonizers`, zennit imported only there, inside the builders); may raise
+    ``NoLRPRules`` where zennit has no rules for the architecture. None: zennit's
+    ``SequentialMergeBatchNorm`` only. Built models name their spec: ``model.kdlens_model``."""
 
 
 def register_model(
@@ -57,10 +65,14 @@ def register_model(
     classifier: str,
     weights: Callable[[], list[str]] | None = None,
     foreign_keys: dict[str, tuple[tuple[str, str], ...]] | None = None,
+    input_normalization: bool = False,
+    lrp_canonizers: Callable[[nn.Module], list] | None = None,
 ) -> ModelSpec:
+    """Shorthand for ``MODELS.register(name, ModelSpec(name=name, build=build, ...))``."""
     spec = ModelSpec(name=name, build=build, family=family, stages=stages, classifier=classifier,
-                     weights=weights, foreign_keys=foreign_keys or {})
-    return MODELS.register(name)(spec)
+                     weights=weights, foreign_keys=foreign_keys or {}, input_normalization=input_normalization,
+                     lrp_canonizers=lrp_canonizers)
+    return MODELS.register(name, spec)
 
 
 def get_model_spec(name: str) -> ModelSpec:
@@ -95,9 +107,10 @@ def create_model(
                 f"weights_file is for timm models with weights='pretrained' (got model '{name}', weights={weights!r}): "
                 "start other models from a file with model.checkpoint (`kdlens import` converts other codebases' files)"
             )
-        return spec.build(num_classes=num_classes, in_channels=in_channels, weights=weights, weights_file=weights_file)
+        return _built(spec, spec.build(num_classes=num_classes, in_channels=in_channels, weights=weights,
+                                       weights_file=weights_file))
     if weights is None:
-        return spec.build(num_classes=num_classes, in_channels=in_channels)
+        return _built(spec, spec.build(num_classes=num_classes, in_channels=in_channels))
     if spec.weights is None:
         raise WeightsError(
             f"model '{name}' has no published weights by name: start it from a checkpoint instead "
@@ -105,7 +118,20 @@ def create_model(
         )
     if weights not in spec.weights():
         raise WeightsError(unknown_name_message(f"weights for '{name}'", weights, spec.weights()))
-    return spec.build(num_classes=num_classes, in_channels=in_channels, weights=weights)
+    return _built(spec, spec.build(num_classes=num_classes, in_channels=in_channels, weights=weights))
+
+
+def _built(spec: ModelSpec, model: nn.Module) -> nn.Module:
+    """``model`` naming the spec it was built from (``model.kdlens_model``), so that code given only
+    the model can ask its spec (e.g. LRP for its canonizers: :func:`spec_of`)."""
+    model.kdlens_model = spec.name
+    return model
+
+
+def spec_of(model: nn.Module) -> ModelSpec | None:
+    """The spec ``model`` was built from by :func:`create_model`, or None for other models."""
+    name = getattr(model, "kdlens_model", None)
+    return MODELS.get(name) if isinstance(name, str) else None
 
 
 def count_parameters(model: nn.Module) -> int:

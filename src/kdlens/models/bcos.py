@@ -232,4 +232,5 @@ for _base in ("resnet8", "resnet20", "resnet56", "resnet8x4", "resnet32x4"):
         stages=("layer1", "layer2", "layer3"),
         # The 1×1 B-cos conv applied to the last stage before pooling (see BcosResNet).
         classifier="fc",
+        input_normalization=True,  # Denormalize: set_input_normalization(mean, std)
     )

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlens.models import canonizers
 from kdlens.models.base import init_weights, register_model
 
 
@@ -35,6 +36,24 @@ class BasicBlock(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
+
+
+def _sum_forward(self: BasicBlock, x: Tensor) -> Tensor:
+    """``BasicBlock.forward`` with the addition done by zennit's ``Sum`` (LRP's canonical form)."""
+    out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+    return F.relu(self.canonizer_sum(torch.stack([self.shortcut(x), out], dim=-1)))
+
+
+def lrp_canonizers(model: nn.Module) -> list:
+    """LRP canonizers (:mod:`kdlens.models.canonizers`): each conv merged with the BN that follows
+    it (stem, both convs of each block, the projection shortcut), the blocks' additions by ``Sum``."""
+    merges = [(("conv1",), "bn1")]
+    for name, module in model.named_modules():
+        if isinstance(module, BasicBlock):
+            merges += [((f"{name}.conv1",), f"{name}.bn1"), ((f"{name}.conv2",), f"{name}.bn2")]
+            if isinstance(module.shortcut, nn.Sequential):
+                merges.append(((f"{name}.shortcut.0",), f"{name}.shortcut.1"))
+    return [canonizers.merge_batch_norms(merges), canonizers.residual_sum(BasicBlock, _sum_forward)]
 
 
 def cifar_blocks_per_stage(depth: int) -> int:
@@ -102,4 +121,5 @@ for _name, (_depth, _widths) in _VARIANTS.items():
         stages=("layer1", "layer2", "layer3"),
         classifier="fc",
         foreign_keys={"mdistiller": MDISTILLER_KEYS},
+        lrp_canonizers=lrp_canonizers,
     )

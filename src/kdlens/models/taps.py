@@ -11,8 +11,10 @@ from types import TracebackType
 import torch
 from torch import Tensor, nn
 
+from kdlens.errors import UserError
 
-class UnknownModulePath(ValueError):
+
+class UnknownModulePath(UserError, ValueError):
     """A module path (a feature tap, an explained layer) that the model does not have."""
 
 

@@ -20,6 +20,7 @@ stays optional (``pip install 'kdlens[timm]'``).
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdlens.models import canonizers
 from kdlens.models.base import MODELS, ModelSpec, WeightsError
 from kdlens.registry import Resolver
 
@@ -85,7 +87,18 @@ def timm_spec(arch: str) -> ModelSpec | None:
         classifier=classifier,
         weights=lambda: [PRETRAINED],
         explain_layer=_explain_layer(model, stages),
+        lrp_canonizers=_lrp_canonizers(model),
     )
+
+
+def _lrp_canonizers(model: nn.Module) -> Callable[[nn.Module], list] | None:
+    """ResNets: their BN merges and residual sums; models with attention: refused (zennit has no
+    rules for it); others: the default (None)."""
+    if canonizers.timm_class(model) == ("resnet", "ResNet"):
+        return canonizers.timm_resnet
+    if any(type(m).__name__.endswith("Attention") for m in model.modules()):
+        return canonizers.timm_attention
+    return None
 
 
 def _has_module(model: nn.Module, path: str) -> bool:

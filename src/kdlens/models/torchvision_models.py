@@ -11,6 +11,7 @@ is 1×1; ``vit_b_16`` takes 224×224 inputs only.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable
@@ -20,8 +21,8 @@ from urllib.parse import urlparse
 
 import torch
 from torch import nn
-from torchvision import models as tv
 
+from kdlens.models import canonizers
 from kdlens.models.base import WeightsError, adapt_input_conv, register_model, replace_classifier
 
 # The in-place-capable layers the registered torchvision models contain.
@@ -32,19 +33,44 @@ _INPLACE_CAPABLE = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn
 _DENSENET_LEGACY_KEYS = ((r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$", r"\1\2"),)
 
 
-class DenseNet(tv.DenseNet):
-    """torchvision's DenseNet with its final ReLU as a module: torchvision applies it functionally
-    and in place, which overwrites the last feature map that taps and Grad-CAM read."""
+def _tv():
+    """``torchvision.models``, imported when a torchvision model is first built or its weights
+    listed (registering the names needs no torchvision)."""
+    from torchvision import models
 
-    final_relu: nn.ReLU
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.final_relu(self.features(x))
-        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
+    return models
 
 
-def _weights_names(constructor: Callable[..., nn.Module]) -> list[str]:
-    return list(tv.get_model_weights(constructor).__members__)  # DEFAULT is one of them
+@functools.cache
+def densenet_class() -> type[nn.Module]:
+    """``DenseNet``: torchvision's DenseNet with its final ReLU as a module: torchvision applies it
+    functionally and in place, which overwrites the last feature map that taps and Grad-CAM read."""
+
+    class DenseNet(_tv().DenseNet):
+        __doc__ = densenet_class.__doc__
+        final_relu: nn.ReLU
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.final_relu(self.features(x))
+            return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
+
+    DenseNet.__module__ = __name__
+    DenseNet.__qualname__ = "DenseNet"
+    return DenseNet
+
+
+def __getattr__(name: str):
+    if name == "DenseNet":
+        return densenet_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _constructor(name: str) -> Callable[..., nn.Module]:
+    return getattr(_tv(), name)
+
+
+def _weights_names(constructor: str) -> list[str]:
+    return list(_tv().get_model_weights(_constructor(constructor)).__members__)  # DEFAULT is one of them
 
 
 def weights_cache_path(url: str) -> Path:
@@ -71,7 +97,7 @@ def _published_state_dict(url: str) -> dict[str, torch.Tensor]:
 
 
 def _build_torchvision(
-    constructor: Callable[..., nn.Module],
+    constructor_name: str,
     input_conv_path: str,
     classifier_path: str,
     legacy_keys: tuple[tuple[str, str], ...] = (),
@@ -80,6 +106,8 @@ def _build_torchvision(
     in_channels: int = 3,
     weights: str | None = None,
 ) -> nn.Module:
+    tv = _tv()
+    constructor = _constructor(constructor_name)
     if weights is None:
         model = constructor(weights=None, num_classes=num_classes)
         if in_channels != 3:
@@ -89,7 +117,7 @@ def _build_torchvision(
         replace_classifier(model, classifier_path, num_classes)
         adapt_input_conv(model, input_conv_path, in_channels)
     if isinstance(model, tv.DenseNet):
-        model.__class__ = DenseNet
+        model.__class__ = densenet_class()
         model.final_relu = nn.ReLU()
     # In-place activations would overwrite the outputs of the modules before them, which
     # FeatureTaps may be holding (e.g. a BatchNorm tapped for pre-activation features).
@@ -100,7 +128,7 @@ def _build_torchvision(
 
 
 def _pretrained(constructor: Callable[..., nn.Module], name: str, legacy_keys: tuple[tuple[str, str], ...]) -> nn.Module:
-    enum = tv.get_model_weights(constructor)
+    enum = _tv().get_model_weights(constructor)
     weights = enum[name]
     categories = weights.meta["categories"]
     # torchvision's ViT builders size their positional embedding from the weights' image size.
@@ -142,11 +170,12 @@ def _replace_input_conv(model: nn.Module, path: str, in_channels: int) -> None:
 
 def _register(
     name: str,
-    constructor: Callable[..., nn.Module],
+    constructor: str,
     input_conv_path: str,
     stages: tuple[str, ...],
     classifier: str,
     legacy_keys: tuple[tuple[str, str], ...] = (),
+    lrp_canonizers: Callable[[nn.Module], list] | None = None,
 ) -> None:
     register_model(
         name,
@@ -156,35 +185,29 @@ def _register(
         classifier=classifier,
         weights=partial(_weights_names, constructor),
         foreign_keys={"torchvision": legacy_keys} if legacy_keys else None,
+        lrp_canonizers=lrp_canonizers,
     )
 
 
 _RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
-for _name, _constructor in [
-    ("resnet18", tv.resnet18),
-    ("resnet34", tv.resnet34),
-    ("resnet50", tv.resnet50),
-    ("resnet101", tv.resnet101),
-    ("resnet152", tv.resnet152),
-    ("wide_resnet50_2", tv.wide_resnet50_2),
-]:
-    _register(_name, _constructor, "conv1", _RESNET_STAGES, "fc")
+for _name in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2"]:
+    _register(_name, _name, "conv1", _RESNET_STAGES, "fc", lrp_canonizers=canonizers.torchvision_resnet)
 
 # Last block at each resolution (1/2 ... 1/32), the final one being the 1×1 conv to 1280.
-_register("mobilenet_v2", tv.mobilenet_v2, "features.0.0", ("features.1", "features.3", "features.6", "features.13", "features.18"), "classifier.1")
+_register("mobilenet_v2", "mobilenet_v2", "features.0.0", ("features.1", "features.3", "features.6", "features.13", "features.18"), "classifier.1")
 # Last block at each resolution (1/4 ... 1/32), the final one being the 1×1 conv to 576.
-_register("mobilenet_v3_small", tv.mobilenet_v3_small, "features.0.0", ("features.1", "features.3", "features.8", "features.12"), "classifier.3")
+_register("mobilenet_v3_small", "mobilenet_v3_small", "features.0.0", ("features.1", "features.3", "features.8", "features.12"), "classifier.3")
 # Last block at each resolution (1/2 ... 1/32), the final one being the 1×1 conv to 1280.
-_register("efficientnet_b0", tv.efficientnet_b0, "features.0.0", ("features.1", "features.2", "features.3", "features.5", "features.8"), "classifier.1")
+_register("efficientnet_b0", "efficientnet_b0", "features.0.0", ("features.1", "features.2", "features.3", "features.5", "features.8"), "classifier.1")
 # Each dense block, then the activated map that is pooled.
 _register(
-    "densenet169", tv.densenet169, "features.conv0",
+    "densenet169", "densenet169", "features.conv0",
     ("features.denseblock1", "features.denseblock2", "features.denseblock3", "final_relu"), "classifier",
     legacy_keys=_DENSENET_LEGACY_KEYS,
 )
 # Token sequences, not maps: stages are encoder blocks (B, 1 + 196, 768); the last is the final LayerNorm.
 _register(
-    "vit_b_16", tv.vit_b_16, "conv_proj",
+    "vit_b_16", "vit_b_16", "conv_proj",
     ("encoder.layers.encoder_layer_3", "encoder.layers.encoder_layer_7", "encoder.layers.encoder_layer_11", "encoder.ln"),
     "heads.head",
 )

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlens.models import canonizers
 from kdlens.models.base import init_weights, register_model
 
 
@@ -31,6 +32,22 @@ class PreActBlock(nn.Module):
         out = self.conv2(F.relu(self.bn2(self.conv1(activated))))
         shortcut = x if self.projection is None else self.projection(activated)
         return out + shortcut
+
+
+def _sum_forward(self: PreActBlock, x: Tensor) -> Tensor:
+    """``PreActBlock.forward`` with the addition done by zennit's ``Sum`` (LRP's canonical form)."""
+    activated = F.relu(self.bn1(x))
+    out = self.conv2(F.relu(self.bn2(self.conv1(activated))))
+    shortcut = x if self.projection is None else self.projection(activated)
+    return self.canonizer_sum(torch.stack([shortcut, out], dim=-1))
+
+
+def lrp_canonizers(model: nn.Module) -> list:
+    """LRP canonizers (:mod:`kdlens.models.canonizers`): ``conv1`` merged with ``bn2`` in each block,
+    the addition by ``Sum``; the other BNs follow an addition, cannot be merged and pass relevance
+    through (zennit's rule)."""
+    merges = [((f"{name}.conv1",), f"{name}.bn2") for name, m in model.named_modules() if isinstance(m, PreActBlock)]
+    return [canonizers.merge_batch_norms(merges), canonizers.residual_sum(PreActBlock, _sum_forward)]
 
 
 class WideResNet(nn.Module):
@@ -82,4 +99,5 @@ for _depth, _widen_factor in [(16, 1), (16, 2), (40, 1), (40, 2)]:
         stages=("block1", "block2", "final_relu"),
         classifier="fc",
         foreign_keys={"mdistiller": MDISTILLER_KEYS},
+        lrp_canonizers=lrp_canonizers,
     )

@@ -13,6 +13,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from kdlens.aggregate import Aggregate
+from kdlens.evaluation.measures import Diagram
 from kdlens.explain.figure import save_explanation_grid
 
 STYLE = {
@@ -58,17 +60,26 @@ def _figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def _mean(value: Aggregate | None) -> float:
+    return value.mean if value is not None else np.nan
+
+
+def _spread(value: Aggregate | None) -> float:
+    """The error bar: the std over seeds; none (0) for one seed, where the std is undefined."""
+    return 0.0 if value is None or np.isnan(value.std) else value.std
+
+
 @styled
-def grouped_bars(categories: list[str], series: dict[str, list[tuple[float, float] | None]], ylabel: str,
+def grouped_bars(categories: list[str], series: dict[str, list[Aggregate | None]], ylabel: str,
                  title: str = "", ylim: tuple[float, float] | None = None) -> Figure:
-    """Bars per category, one bar per series, with std error bars."""
+    """Bars per category (the mean), one bar per series, with std error bars."""
     figure = _figure(max(4.5, 0.9 * len(categories) * max(1, len(series)) / 2 + 2), 3.0)
     axis = figure.subplots()
     width = 0.8 / max(1, len(series))
     x = np.arange(len(categories))
     for index, (name, values) in enumerate(series.items()):
-        means = [v[0] if v else np.nan for v in values]
-        stds = [v[1] if v else 0 for v in values]
+        means = [_mean(v) for v in values]
+        stds = [_spread(v) for v in values]
         axis.bar(x + (index - (len(series) - 1) / 2) * width, means, width, yerr=stds, capsize=3,
                  label=name, color=color(index))
     axis.set_xticks(x, categories, rotation=20 if max(map(len, categories)) > 10 else 0, ha="right" if max(map(len, categories)) > 10 else "center")
@@ -85,20 +96,20 @@ def grouped_bars(categories: list[str], series: dict[str, list[tuple[float, floa
 
 
 @styled
-def alpha_plot(series: dict[str, list[tuple[float, tuple[float, float], tuple[float, float] | None]]]) -> Figure:
-    """Test top-1 vs α = kd / (ce + kd); per series, points (α, best (mean, std), last (mean, std))."""
+def alpha_plot(series: dict[str, list[tuple[float, Aggregate, Aggregate]]]) -> Figure:
+    """Test top-1 vs α (the distillation weight); per series, points (α, best, last top-1 over seeds)."""
     figure = _figure(5.5, 3.2)
     axis = figure.subplots()
     for index, (name, points) in enumerate(series.items()):
         points = sorted(points, key=lambda p: p[0])
         alphas = [p[0] for p in points]
-        axis.errorbar(alphas, [p[1][0] for p in points], yerr=[p[1][1] for p in points], marker="o", capsize=3,
+        axis.errorbar(alphas, [_mean(p[1]) for p in points], yerr=[_spread(p[1]) for p in points], marker="o", capsize=3,
                       color=color(index), label=f"{name} best")
-        last = [(a, p[2]) for a, p in zip(alphas, points) if p[2]]
+        last = [(a, p[2]) for a, p in zip(alphas, points) if p[2].n]
         if last:
-            axis.errorbar([a for a, _ in last], [v[0] for _, v in last], yerr=[v[1] for _, v in last], marker="s",
+            axis.errorbar([a for a, _ in last], [_mean(v) for _, v in last], yerr=[_spread(v) for _, v in last], marker="s",
                           capsize=3, linestyle="--", color=color(index), alpha=0.6, label=f"{name} last")
-    axis.set_xlabel("α = w_kd / (w_ce + w_kd)")
+    axis.set_xlabel("α = distillation weight / all weights")
     axis.set_ylabel("test top-1")
     axis.set_xlim(-0.05, 1.05)
     axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -106,7 +117,7 @@ def alpha_plot(series: dict[str, list[tuple[float, tuple[float, float], tuple[fl
 
 
 @styled
-def reliability_diagrams(diagrams: dict[str, dict]) -> Figure:
+def reliability_diagrams(diagrams: dict[str, Diagram]) -> Figure:
     """One panel per model: accuracy per confidence bin against the diagonal, bin counts shaded."""
     n = len(diagrams)
     columns = min(n, 4)
@@ -114,12 +125,12 @@ def reliability_diagrams(diagrams: dict[str, dict]) -> Figure:
     figure = _figure(2.6 * columns, 2.6 * rows)
     axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
     for axis, (name, diagram) in zip(axes, diagrams.items()):
-        edges = diagram["edges"]
+        edges = diagram.edges
         centres, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
-        filled = diagram["count"] > 0
-        axis.bar(centres[filled], diagram["accuracy"][filled], width * 0.95, color=color(0), label="accuracy")
-        gap = diagram["confidence"][filled] - diagram["accuracy"][filled]
-        axis.bar(centres[filled], gap, width * 0.95, bottom=diagram["accuracy"][filled], color=color(1), alpha=0.35,
+        filled = diagram.count > 0
+        axis.bar(centres[filled], diagram.accuracy[filled], width * 0.95, color=color(0), label="accuracy")
+        gap = diagram.confidence[filled] - diagram.accuracy[filled]
+        axis.bar(centres[filled], gap, width * 0.95, bottom=diagram.accuracy[filled], color=color(1), alpha=0.35,
                  label="gap")
         axis.plot([0, 1], [0, 1], color="#555", linewidth=1, linestyle="--")
         axis.set_xlim(0, 1)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Any
+
+from kdlens.io import rows_to_csv  # noqa: F401  (re-exported: CSV text is written below the report)
 
 
 def flatten_report(report: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -32,12 +32,3 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return "-" if value is None else str(value)
-
-
-def rows_to_csv(rows: list[dict[str, Any]]) -> str:
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()

@@ -22,6 +22,8 @@ from kdlens.registry import unknown_name_message
 from kdlens.runs.checkpoints import (
     CHECKPOINT_FORMAT,
     CheckpointError,
+    CheckpointInfo,
+    check_fits,
     checkpoint_info,
     is_kdlens_checkpoint,
     load_checkpoint_file,
@@ -41,6 +43,10 @@ wrn_40_2, ResNet50, are the same)."""
 
 CACHE_SUFFIX = ".kdlens.ckpt"
 _DATA_PARALLEL_PREFIX = "module."
+_DATA_FIX = (
+    "Pick the dataset the weights were trained on (--data, e.g. cifar100 for the mdistiller/CRD CIFAR teachers) "
+    "or its options (--set)"
+)
 _FORMAT_HELP = (
     "kdlens imports a kdlens checkpoint, an mdistiller/CRD checkpoint ({'model': state_dict, 'epoch': ...}), "
     "a plain state_dict (name -> tensor) or a Lightning checkpoint ({'state_dict': ...})"
@@ -54,7 +60,7 @@ def import_checkpoint(
     fmt: str = "auto",
     *,
     config: dict[str, Any] | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[nn.Module, CheckpointInfo]:
     """The model (in eval mode) that the checkpoint ``source`` holds, as kdlens architecture
     ``model_name``, and its checkpoint facts (``checkpoint_info``, with ``source``: file, format,
     sha256, size, mtime_ns).
@@ -70,7 +76,7 @@ def import_checkpoint(
 
 def _import(
     path: Path, model_name: str, info: Any, fmt: str, config: dict[str, Any] | None
-) -> tuple[nn.Module, dict[str, Any], str]:
+) -> tuple[nn.Module, CheckpointInfo, str]:
     """:func:`import_checkpoint`, and the format it read."""
     from kdlens.models import MODELS
 
@@ -78,8 +84,6 @@ def _import(
         raise CheckpointError(f"unknown checkpoint format '{fmt}': use auto, {', '.join(FORMATS)}")
     if model_name not in MODELS:
         raise CheckpointError(unknown_name_message("model", model_name, MODELS.names()))
-    if path.is_file() and path.stat().st_size == 0:
-        raise CheckpointError(f"'{path}' is empty (0 bytes): the download or copy did not finish; fetch the file again")
     facts = dataset_facts(info)
     checkpoint = load_checkpoint_file(path)
     detected = detect_format(checkpoint, path) if fmt == "auto" else _check_format(checkpoint, fmt, path)
@@ -103,7 +107,7 @@ def import_checkpoint_file(
     fmt: str = "auto",
     *,
     config: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> CheckpointInfo:
     """:func:`import_checkpoint`, written to ``dest`` as a kdlens checkpoint (weights only); returns
     its facts."""
     if Path(dest).resolve() == Path(source).resolve():
@@ -115,7 +119,7 @@ def import_checkpoint_file(
 
 def import_published(
     model_name: str, weights: str, info: Any, *, config: dict[str, Any] | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[nn.Module, CheckpointInfo]:
     """A model with published ``weights`` by name (e.g. torchvision's ``IMAGENET1K_V2``) and its
     checkpoint facts, for a dataset whose classes the weights predict as they are (a teacher to
     evaluate or distil from; to train on other classes, use ``model.weights`` in a config)."""
@@ -125,13 +129,13 @@ def import_published(
     model = create_model(model_name, facts["num_classes"], facts["in_channels"], weights=weights)
     published = model.pretrained_cfg.get("class_names")
     if published is not None:
-        _check_classes(len(published), facts, Path(f"{model_name} {weights}"))
+        check_fits({"num_classes": len(published)}, facts, f"weights {weights} of '{model_name}'", _DATA_FIX)
     return model.eval(), checkpoint_info(model_name, **facts, config=config, source=pretrained_source(model, weights))
 
 
 def import_or_load(
     path: str | Path, model_name: str, info: Any, fmt: str = "auto"
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[nn.Module, CheckpointInfo]:
     """Like ``load_model(path)``, for any checkpoint :func:`import_checkpoint` reads (e.g. a
     config's ``teacher.checkpoint`` naming a published mdistiller teacher). A kdlens checkpoint
     is loaded as it is; another file is converted on first use and the kdlens checkpoint cached
@@ -273,28 +277,20 @@ def _describe(obj: Any) -> str:
 
 def _from_kdlens(
     checkpoint: Mapping[str, Any], path: Path, model_name: str, facts: dict[str, Any], source: dict[str, Any]
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[nn.Module, CheckpointInfo]:
     stored = checkpoint["kdlens"]
     if stored.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"'{path}' is a kdlens checkpoint of format {stored.get('format')!r}; this kdlens reads format "
             f"{CHECKPOINT_FORMAT}: convert it with the kdlens version that wrote it"
         )
-    if stored.get("model") != model_name:
-        raise CheckpointError(
-            f"'{path}' is a kdlens checkpoint of architecture '{stored.get('model')}', not '{model_name}': "
-            f"use --model {stored.get('model')}"
-        )
-    _check_classes(stored["num_classes"], facts, path)
-    if stored["in_channels"] != facts["in_channels"]:
-        raise CheckpointError(
-            f"'{path}' takes {stored['in_channels']}-channel images but the dataset has {facts['in_channels']}: "
-            "pick the dataset it was trained on (--data, --set)"
-        )
+    stored = CheckpointInfo.from_dict(stored, path)
+    fix = f"It is a kdlens checkpoint: use --model {stored.model}" if stored.model != model_name else _DATA_FIX
+    check_fits(stored, facts, f"'{path}'", fix, architecture=model_name)
     model, stored = model_from_checkpoint(checkpoint, path)
-    if stored.get("source"):  # imported or pretrained weights: keep where they came from
-        source = {**source, "origin": stored["source"]}
-    return model.eval(), {**stored, "source": source}
+    if stored.source:  # imported or pretrained weights: keep where they came from
+        source = {**source, "origin": stored.source}
+    return model.eval(), stored.replace(source=source)
 
 
 def _foreign_state(
@@ -379,17 +375,8 @@ def _load_into_model(state: dict[str, torch.Tensor], model_name: str, facts: dic
     predicts = int(classifier.shape[0]) if isinstance(classifier, torch.Tensor) and classifier.dim() >= 2 else facts["num_classes"]
     model = create_model(model_name, predicts, facts["in_channels"])
     load_state_dict_strictly(model, state, model_name, path)
-    _check_classes(predicts, facts, path)
+    check_fits({"num_classes": predicts}, facts, f"'{path}'", _DATA_FIX)
     return model
-
-
-def _check_classes(predicts: int, facts: dict[str, Any], path: Path) -> None:
-    if predicts != facts["num_classes"]:
-        raise CheckpointError(
-            f"'{path}' predicts {predicts} classes, the dataset has {facts['num_classes']}: pick the dataset the "
-            "weights were trained on (--data, e.g. cifar100 for the mdistiller/CRD CIFAR teachers) or its "
-            "options (--set)"
-        )
 
 
 # ---------------------------------------------------------------- cache
@@ -397,14 +384,14 @@ def _check_classes(predicts: int, facts: dict[str, Any], path: Path) -> None:
 
 def _valid_cache(
     cached: Path, source: Path, model_name: str, facts: dict[str, Any], identity: dict[str, Any]
-) -> tuple[nn.Module, dict[str, Any]] | None:
+) -> tuple[nn.Module, CheckpointInfo] | None:
     if not cached.is_file():
         return None
     try:
         model, record = load_model(cached)
     except CheckpointError:
         return None  # a torn or foreign file: convert again
-    recorded = record.get("source") or {}
+    recorded = record.source or {}
     same_source = recorded.get("file") == str(source.resolve()) and all(recorded.get(k) == v for k, v in identity.items())
-    same_target = record.get("model") == model_name and all(record.get(k) == v for k, v in facts.items())
+    same_target = record.model == model_name and all(record.get(k) == v for k, v in facts.items())
     return (model, record) if same_source and same_target else None

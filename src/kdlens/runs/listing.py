@@ -1,28 +1,21 @@
 """The run folders below a folder, one row each, for `kdlens runs`: what was trained, how far it
 got, how well it did, and how to resume it. Reads config.yaml, results.json and
-checkpoints/last.ckpt only (no Lightning, no data).
-
-A run folder (written by ``kdlens train|distill``, see :mod:`kdlens.training.run`) holds
-config.yaml, checkpoints/{best,last}.ckpt, results.json and logs/. Its status:
-
-* ``finished``: results.json is there (training ended and best/last were evaluated);
-* ``interrupted``: checkpoints/last.ckpt without results.json (resume it with ``--resume``);
-* ``empty/failed``: config.yaml only (stopped or failed before its first epoch ended).
+checkpoints/last.ckpt only (no Lightning, no data); the layout and the statuses are
+:mod:`kdlens.runs.layout`'s.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from kdlens.runs.checkpoints import CheckpointError, load_checkpoint_file, stored_config, training_state
+from kdlens.runs.discovery import find_run_dirs
+from kdlens.runs.layout import EMPTY, FINISHED, INTERRUPTED, RunFolder, RunFolderError
+from kdlens.runs.results import RunResults
 
-from kdlens.runs.checkpoints import CheckpointError, load_checkpoint_file
-
-FINISHED, INTERRUPTED, EMPTY = "finished", "interrupted", "empty/failed"
+__all__ = ["COLUMNS", "EMPTY", "FINISHED", "INTERRUPTED", "RunInfo", "find_run_dirs", "list_runs", "read_run"]
 
 COLUMNS = [
     ("run", "run"),
@@ -56,10 +49,11 @@ class RunInfo:
     @property
     def resume_command(self) -> str | None:
         """The command that continues an interrupted run, from its saved config."""
-        if self.status != INTERRUPTED or not (self.path / "config.yaml").is_file():
+        folder = RunFolder(self.path)
+        if self.status != INTERRUPTED or not folder.config_file.is_file():
             return None
         command = "distill" if self.teacher else "train"
-        return f"kdlens {command} {self.path / 'config.yaml'} --resume"
+        return f"kdlens {command} {folder.config_file} --resume"
 
     def row(self) -> dict[str, Any]:
         done = "?" if self.epochs_done is None else str(self.epochs_done)
@@ -75,48 +69,30 @@ class RunInfo:
         }
 
 
-def is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file() or (path / "checkpoints" / "last.ckpt").is_file()
-
-
-def find_run_dirs(root: Path) -> list[Path]:
-    """``root`` itself if it is a run folder, and every run folder below it (e.g. a sweep's), in
-    natural order (seed2 before seed10)."""
-    root = Path(root)
-    found = {p.parent for p in root.rglob("config.yaml")} | {p.parent.parent for p in root.rglob("checkpoints/last.ckpt")}
-    return sorted((p for p in found if is_run_dir(p)), key=_natural_key)
-
-
 def list_runs(root: Path) -> list[RunInfo]:
     """Every run folder at or below ``root`` (see :func:`find_run_dirs`), read."""
     return [read_run(path) for path in find_run_dirs(root)]
 
 
 def read_run(path: Path) -> RunInfo:
+    folder = RunFolder(path)
     notes: list[str] = []
-    config = _read_yaml(path / "config.yaml", notes)
-    results = _read_json(path / "results.json", notes)
-    last_path = path / "checkpoints" / "last.ckpt"
-    if results is not None:
-        status = FINISHED
-    elif last_path.is_file():
-        status = INTERRUPTED
-    else:
-        status = EMPTY
+    config = _read(folder.read_config, notes) if folder.config_file.is_file() else None
+    results: RunResults | None = _read(folder.read_results, notes) if folder.finished else None
+    status = folder.status
 
-    epochs_done = _lookup(results, "last", "epoch")
-    if last_path.is_file() and (epochs_done is None or config is None):
-        checkpoint = _read_checkpoint(last_path, notes)
-        if isinstance(checkpoint, dict):
-            if epochs_done is None and isinstance(checkpoint.get("epoch"), int):
-                epochs_done = checkpoint["epoch"] + 1  # Lightning stores the 0-based epoch just finished
-            if config is None:  # the checkpoint keeps the config it was trained with
-                config = _lookup(checkpoint, "kdlens", "config")
+    epochs_done = results.last.epoch if results is not None else None
+    if folder.resumable and (epochs_done is None or config is None):
+        checkpoint = _read_checkpoint(folder.last, notes)
+        if epochs_done is None:
+            epochs_done = training_state(checkpoint)[0]
+        if config is None:  # the checkpoint keeps the config it was trained with
+            config = stored_config(checkpoint)
 
     if status == EMPTY:
         epochs_done = 0
-    model = _lookup(config, "model", "name") or _lookup(results, "model")
-    teacher = _lookup(config, "teacher", "name") or _lookup(results, "teacher")
+    model = _lookup(config, "model", "name") or (results.model if results else None)
+    teacher = _lookup(config, "teacher", "name") or (results.teacher if results else None)
     planned = _lookup(config, "recipe", "epochs")
     saved_run_dir = None
     if isinstance(config, dict) and (config.get("output_dir") or config.get("name")):
@@ -127,34 +103,20 @@ def read_run(path: Path) -> RunInfo:
         teacher=teacher,
         epochs_done=epochs_done if isinstance(epochs_done, int) else None,
         epochs_planned=planned if isinstance(planned, int) else None,
-        best_top1=_number(_lookup(results, "best", "test", "top1")),
-        last_top1=_number(_lookup(results, "last", "test", "top1")),
+        best_top1=_number(results.metric("best", "test", "top1")) if results else None,
+        last_top1=_number(results.metric("last", "test", "top1")) if results else None,
         status=status,
         note="; ".join(notes) or None,
         saved_run_dir=saved_run_dir,
     )
 
 
-def _read_yaml(path: Path, notes: list[str]) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
+def _read(read, notes: list[str]) -> Any:
     try:
-        loaded = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        notes.append(f"config.yaml unreadable ({type(err).__name__})")
+        return read()
+    except RunFolderError as err:
+        notes.append(str(err))
         return None
-    return loaded if isinstance(loaded, dict) else None
-
-
-def _read_json(path: Path, notes: list[str]) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        loaded = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        notes.append(f"results.json unreadable ({type(err).__name__})")
-        return None
-    return loaded if isinstance(loaded, dict) else None
 
 
 def _read_checkpoint(path: Path, notes: list[str]) -> Any:
@@ -175,7 +137,3 @@ def _lookup(node: Any, *keys: str) -> Any:
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _natural_key(path: Path) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]

@@ -13,13 +13,16 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy
 
 from kdlens.config import RecipeConfig
+from kdlens.errors import UserError
 from kdlens.distill import DistillBatch, DistillLoss
 from kdlens.distill.frozen import TEACHER_LOGITS
 from kdlens.models import FeatureTaps, get_model_spec
+from kdlens.runs.checkpoints import CheckpointInfo, write_training_checkpoint
+from kdlens.runs.layout import CHECKPOINTS_DIR, LAST
 from kdlens.training.recipes import build_optimizer, lr_factor, parameter_groups
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss stopped being finite."""
 
 
@@ -30,7 +33,7 @@ class DistillationModule(L.LightningModule):
         losses: DistillLoss,
         recipe: RecipeConfig,
         num_classes: int,
-        checkpoint_info: dict[str, Any],
+        checkpoint_info: CheckpointInfo,
         probe: dict[str, torch.Tensor],
         teacher: nn.Module | None = None,
         memory_format: torch.memory_format = torch.contiguous_format,
@@ -106,10 +109,15 @@ class DistillationModule(L.LightningModule):
         if not torch.isfinite(loss):
             # Stop before the optimiser step so that no NaN reaches the weights or a checkpoint.
             terms = ", ".join(f"{name}={value.item():.4g}" for name, value in parts.items())
+            if self.current_epoch == 0:
+                kept = "No epoch had finished, so there is no checkpoint to resume: lower the learning rate or set " \
+                       "recipe.grad_clip_norm and start the run again."
+            else:
+                kept = f"{CHECKPOINTS_DIR}/{LAST} still holds the last good epoch. Lower the learning rate or set " \
+                       "recipe.grad_clip_norm, then continue with --resume."
             raise TrainingDiverged(
                 f"the loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step} ({terms}). "
-                "The run stopped; checkpoints/last.ckpt still holds the last good epoch. Lower the learning "
-                "rate or set recipe.grad_clip_norm, then continue with --resume."
+                f"The run stopped; {kept}"
             )
         self.log_dict({f"train/{name}": value for name, value in parts.items()}, on_step=True, on_epoch=True)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
@@ -132,17 +140,15 @@ class DistillationModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         global_batch = self.trainer.datamodule.config.batch_size * self.trainer.world_size
-        head = get_model_spec(self.checkpoint_info["model"]).classifier
+        head = get_model_spec(self.checkpoint_info.model).classifier
         optimizer = build_optimizer(parameter_groups([self.model, self.losses], self.recipe, self.model, head), self.recipe, global_batch)
         steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // self.recipe.epochs)
         scheduler = LambdaLR(optimizer, lr_factor(self.recipe, steps_per_epoch))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["kdlens"] = self.checkpoint_info
-        checkpoint["val_metrics"] = {
-            name: float(value) for name, value in self.trainer.callback_metrics.items() if name.startswith("val/")
-        }
+        val_metrics = {name: float(value) for name, value in self.trainer.callback_metrics.items() if name.startswith("val/")}
+        write_training_checkpoint(checkpoint, self.checkpoint_info, val_metrics)
         # The teacher comes from its own checkpoint; copying it into every student checkpoint only
         # wastes disk.
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}

@@ -1,38 +1,45 @@
-"""Run one experiment: build data and models, train (or resume), evaluate best and last on test."""
+"""Run one experiment: build the components → a Trainer from ``TrainerConfig`` → fit (or resume) →
+evaluate best and last on the test splits → write results.json. Every file goes through the run
+folder (:class:`kdlens.runs.RunFolder`); every static check of the config is the config's own
+validation (so ``--dry-run`` makes it too)."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import default_collate
 
-from kdlens.config import ConfigError, ExperimentConfig, ModelConfig, dump_config
+from kdlens.config import ConfigError, ExperimentConfig, ModelConfig, RecipeConfig, TrainerConfig
 from kdlens.data import DataBundle, build_data
 from kdlens.distill import DistillLoss, TermContext
 from kdlens.distill.frozen import attach_frozen_teacher, frozen_teacher_outputs
-from kdlens.io import atomic_write_text, write_json
 from kdlens.metrics.evaluate import evaluate_models
 from kdlens.models import count_parameters, create_model, get_model_spec
-from kdlens.training.callbacks import RNGStateCallback
 from kdlens.runs.checkpoints import (
+    CheckpointInfo,
+    check_fits,
     checkpoint_info,
     is_kdlens_checkpoint,
     load_checkpoint_file,
     model_from_checkpoint,
     pretrained_source,
+    training_state,
 )
 from kdlens.runs.importing import import_or_load
+from kdlens.runs.layout import CSV_LOGS, TENSORBOARD_LOGS, RunFolder
+from kdlens.runs.results import CHECKPOINTS, CheckpointResults, RunResults
+from kdlens.training.callbacks import RNGStateCallback
 from kdlens.training.checkpoints import AtomicCheckpointIO
 from kdlens.training.datamodule import BundleDataModule
 from kdlens.training.module import DistillationModule
@@ -40,73 +47,70 @@ from kdlens.training.module import DistillationModule
 
 @dataclass
 class RunResult:
-    run_dir: Path
-    best_checkpoint: Path
-    last_checkpoint: Path
-    results: dict[str, Any] | None
+    """What :func:`run_experiment` leaves: the run folder and its results."""
+
+    folder: RunFolder
+    results: RunResults | None
     """None on the non-zero ranks of a distributed run."""
 
+    @property
+    def run_dir(self) -> Path:
+        return self.folder.path
 
-def build_model(config: ModelConfig, bundle: DataBundle, role: str) -> nn.Module:
-    """The model ``config`` describes, for ``bundle``'s classes and channels: from a checkpoint
-    (kdlens's, or any format ``kdlens import`` reads), from published weights by name, or freshly
-    initialised. A teacher must predict the dataset's classes as it is; a model being trained may
-    get a new head (fine-tuning)."""
-    if config.checkpoint is not None:
-        checkpoint = load_checkpoint_file(config.checkpoint)
-        if not is_kdlens_checkpoint(checkpoint):  # another codebase's file: converted once, then cached
-            return import_or_load(config.checkpoint, config.name, bundle)[0]
-        model, info = model_from_checkpoint(checkpoint, config.checkpoint)
-        problems = [
-            f"{key} {info[key]} != the dataset's {value}"
-            for key, value in (("num_classes", bundle.num_classes), ("in_channels", bundle.in_channels))
-            if info[key] != value
-        ]
-        if info["model"] != config.name:
-            problems.append(f"architecture '{info['model']}' != the config's '{config.name}'")
-        if problems:
-            raise ConfigError(
-                f"{role} checkpoint '{config.checkpoint}' does not fit this experiment: {'; '.join(problems)}. "
-                f"Use a {role} trained on this dataset, or fix {role}.name."
-            )
-        return model
-    model = create_model(config.name, bundle.num_classes, bundle.in_channels, weights=config.weights, weights_file=config.weights_file)
-    if config.weights is not None and role == "teacher":
-        predicts = len(model.pretrained_cfg.get("class_names") or []) or None
-        if predicts is not None and predicts != bundle.num_classes:
-            raise ConfigError(
-                f"teacher weights {config.weights} of '{config.name}' predict {predicts} classes but "
-                f"the dataset has {bundle.num_classes}: a teacher's head cannot be "
-                "replaced untrained. Fine-tune it first (`kdlens train` with model.weights) and use that checkpoint "
-                "as teacher.checkpoint, or use a dataset with the weights' label set (e.g. imagenet_s labels: imagenet1k)"
-            )
-    if hasattr(model, "set_input_normalization"):  # B-cos nets encode [x, 1−x] of pixels in [0, 1]
-        model.set_input_normalization(bundle.mean, bundle.std)
-    return model
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.folder.best
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.folder.last
+
+
+@dataclass
+class Components:
+    """Everything a run trains with, built from the config and the data."""
+
+    bundle: DataBundle
+    model: nn.Module
+    teacher: nn.Module | None
+    losses: DistillLoss
+    info: CheckpointInfo
+    module: DistillationModule
 
 
 def run_experiment(
     config: ExperimentConfig,
     resume: bool = False,
-    callbacks: list[Callback] = (),
+    callbacks: Sequence[Callback] = (),
     bundle: DataBundle | None = None,
 ) -> RunResult:
     """Train ``config.model`` with ``config.losses``; write checkpoints/{best,last}.ckpt, logs/,
     config.yaml and results.json under ``config.run_dir``."""
-    run_dir = config.run_dir
-    checkpoint_dir = run_dir / "checkpoints"
-    last_path, best_path = checkpoint_dir / "last.ckpt", checkpoint_dir / "best.ckpt"
-    _check_run_dir(config, run_dir, last_path, resume)
+    folder = RunFolder(config.run_dir)
+    with folder.lock():
+        folder.check_start(config, resume)
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        parts = build_components(config, bundle)
+        trainer = build_trainer(config, folder, callbacks)
+        folder.write_config(config)
+        train_seconds = fit(trainer, parts, config, folder, resume)
+        if not trainer.is_global_zero:  # other DDP ranks only train; rank 0 evaluates and writes
+            return RunResult(folder, None)
+        results = evaluate_run(config, parts, folder, train_seconds)
+        folder.write_results(results)
+    return RunResult(folder, results)
 
-    if config.trainer.sync_batchnorm and (config.trainer.accelerator == "cpu" or not torch.cuda.is_available()):
-        raise ConfigError("trainer.sync_batchnorm needs GPUs (torch's SyncBatchNorm is CUDA-only): set it to false on CPU")
-    L.seed_everything(config.seed, workers=True, verbose=False)
+
+# ---------------------------------------------------------------- components
+
+
+def build_components(config: ExperimentConfig, bundle: DataBundle | None = None) -> Components:
+    """Data, model, teacher, loss terms (with their connectors) and the Lightning module."""
     bundle = bundle or build_data(config.data)
     model = build_model(config.model, bundle, "model").train()
     teacher = build_model(config.teacher, bundle, "teacher") if config.teacher else None
     info = checkpoint_info(
-        config.model.name, num_classes=bundle.num_classes, in_channels=bundle.in_channels, image_size=bundle.image_size,
-        class_names=bundle.class_names, mean=bundle.mean, std=bundle.std, config=config.model_dump(mode="json"),
+        config.model.name, **_data_facts(bundle), config=config.model_dump(mode="json"),
         source=_weights_source(config.model, model),
     )
     context = TermContext(
@@ -120,72 +124,57 @@ def run_experiment(
     if frozen_spec is not None:
         outputs = frozen_teacher_outputs(teacher, bundle.train, config.teacher.checkpoint, config.data, frozen_spec)
         bundle = dataclasses.replace(bundle, train=attach_frozen_teacher(bundle.train, outputs))
-    probe = default_collate([bundle.train[i] for i in range(2)])
+    samples = [bundle.train[i] for i in range(min(2, len(bundle.train)))]
+    if len(bundle.train) < config.data.batch_size:  # whole batches only: nothing would train
+        raise ConfigError(
+            f"data.batch_size {config.data.batch_size} is larger than the training split ({len(bundle.train)} images): "
+            "no batch would train. Lower data.batch_size"
+        )
+    probe = default_collate(samples)
     memory_format = torch.channels_last if config.trainer.channels_last else torch.contiguous_format
-    for network in (model, teacher):
-        if network is not None:
-            network.to(memory_format=memory_format)
+    networks = [network for network in (model, teacher) if network is not None]
+    for network in networks:
+        network.to(memory_format=memory_format)
     module = DistillationModule(model, losses, config.recipe, bundle.num_classes, info, probe, teacher, memory_format)
-    if config.trainer.compile:
-        if any(losses.feature_paths()):
-            raise ConfigError(
-                "trainer.compile works with logit-based loss terms only: the terms here read features through "
-                "forward hooks, which compiled forwards do not run. Set trainer.compile=false"
+    if config.trainer.compile:  # logit-based terms only: the config refuses the others
+        for network in networks:
+            network.compile()  # in place: parameter names (and checkpoints) stay the same
+    return Components(bundle, model, teacher, losses, info, module)
+
+
+def build_model(config: ModelConfig, bundle: DataBundle, role: str) -> nn.Module:
+    """The model ``config`` describes, for ``bundle``'s classes and channels: from a checkpoint
+    (kdlens's, or any format ``kdlens import`` reads), from published weights by name, or freshly
+    initialised. A teacher must predict the dataset's classes as it is; a model being trained may
+    get a new head (fine-tuning)."""
+    if config.checkpoint is not None:
+        checkpoint = load_checkpoint_file(config.checkpoint)
+        if not is_kdlens_checkpoint(checkpoint):  # another codebase's file: converted once, then cached
+            return import_or_load(config.checkpoint, config.name, bundle)[0]
+        model, info = model_from_checkpoint(checkpoint, config.checkpoint)
+        check_fits(info, bundle, f"{role} checkpoint '{config.checkpoint}'",
+                   f"Use a {role} trained on this dataset, or fix {role}.name.", architecture=config.name)
+        return model
+    model = create_model(config.name, bundle.num_classes, bundle.in_channels, weights=config.weights, weights_file=config.weights_file)
+    if config.weights is not None and role == "teacher":
+        predicts = len(model.pretrained_cfg.get("class_names") or []) or None
+        if predicts is not None:
+            check_fits(
+                {"num_classes": predicts}, bundle, f"teacher weights {config.weights} of '{config.name}'",
+                "A teacher's head cannot be replaced untrained. Fine-tune it first (`kdlens train` with model.weights) "
+                "and use that checkpoint as teacher.checkpoint, or use a dataset with the weights' label set "
+                "(e.g. imagenet_s labels: imagenet1k)",
             )
-        for network in (model, teacher):
-            if network is not None:
-                network.compile()  # in place: parameter names (and checkpoints) stay the same
+    if get_model_spec(config.name).input_normalization:
+        model.set_input_normalization(bundle.mean, bundle.std)
+    return model
 
-    # Two callbacks: Lightning's save_last only writes when a top-k checkpoint was written in the
-    # same step, which would leave last.ckpt stale after an epoch without improvement.
-    best_checkpoint = ModelCheckpoint(
-        dirpath=checkpoint_dir, filename="best", monitor="val/top1", mode="max", save_top_k=1, enable_version_counter=False
-    )
-    last_checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="last", enable_version_counter=False)
-    trainer = L.Trainer(
-        max_epochs=config.recipe.epochs,
-        accelerator=config.trainer.accelerator,
-        devices=config.trainer.devices,
-        num_nodes=config.trainer.num_nodes,
-        strategy=config.trainer.strategy,
-        sync_batchnorm=config.trainer.sync_batchnorm,
-        precision=config.trainer.precision,
-        deterministic=config.trainer.deterministic,
-        gradient_clip_val=config.recipe.grad_clip_norm,
-        limit_train_batches=config.trainer.limit_train_batches,
-        limit_val_batches=config.trainer.limit_val_batches,
-        log_every_n_steps=config.trainer.log_every_n_steps,
-        enable_progress_bar=config.trainer.progress_bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,  # BundleDataModule shards by (seed, epoch) itself
-        default_root_dir=run_dir,
-        # A new CSV version folder per attempt: CSVLogger would otherwise overwrite an interrupted
-        # attempt's metrics.csv on resume. TensorBoard appends event files by itself.
-        logger=[CSVLogger(run_dir / "logs", name="csv"), TensorBoardLogger(run_dir / "logs", name="tensorboard", version="")],
-        callbacks=[best_checkpoint, last_checkpoint, RNGStateCallback(), *callbacks],
-        plugins=[AtomicCheckpointIO()],
-    )
-    # The frozen teacher is in eval mode on purpose.
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-    atomic_write_text(run_dir / "config.yaml", dump_config(config))
-    started = time.perf_counter()
-    trainer.fit(module, datamodule=BundleDataModule(bundle, config.data, config.seed), ckpt_path=last_path if resume and last_path.exists() else None)
-    train_seconds = time.perf_counter() - started
-    if not trainer.is_global_zero:  # other DDP ranks only train; rank 0 evaluates and writes
-        return RunResult(run_dir, best_path, last_path, None)
 
-    results = {
-        "name": config.name,
-        "model": config.model.name,
-        "teacher": config.teacher.name if config.teacher else None,
-        "train_seconds": round(train_seconds, 2),
-        "parameters": count_parameters(model),
-        "connector_parameters": count_parameters(losses),
-        **_best_and_last(best_path, last_path, bundle, config, teacher),
+def _data_facts(bundle: DataBundle) -> dict[str, Any]:
+    return {
+        "num_classes": bundle.num_classes, "in_channels": bundle.in_channels, "image_size": bundle.image_size,
+        "class_names": bundle.class_names, "mean": bundle.mean, "std": bundle.std,
     }
-    write_json(run_dir / "results.json", results)
-    return RunResult(run_dir, best_path, last_path, results)
 
 
 def _weights_source(config: ModelConfig, model: nn.Module) -> dict[str, Any] | None:
@@ -198,30 +187,88 @@ def _weights_source(config: ModelConfig, model: nn.Module) -> dict[str, Any] | N
     return None
 
 
-def _check_run_dir(config: ExperimentConfig, run_dir: Path, last_path: Path, resume: bool) -> None:
-    saved = run_dir / "config.yaml"
-    if not resume:
-        if last_path.exists():
-            raise ConfigError(f"'{run_dir}' already holds a run: pass --resume to continue it, or set output_dir to a new folder")
-        return
-    if saved.exists():
-        before = yaml.safe_load(saved.read_text())
-        now = config.model_dump(mode="json")
-        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-        if changed:
-            raise ConfigError(
-                f"cannot resume '{run_dir}': its config differs in {changed}. Resume with the saved "
-                f"config ({saved}) or start a new output_dir"
-            )
+# ---------------------------------------------------------------- trainer
+
+KDLENS_TRAINER_OPTIONS = frozenset({"channels_last", "compile"})
+"""TrainerConfig options kdlens applies to the models itself; every other option is a Lightning
+Trainer argument, under its own name or the one in :data:`TRAINER_ARGUMENT_NAMES`."""
+TRAINER_ARGUMENT_NAMES = {"progress_bar": "enable_progress_bar"}
 
 
-def _best_and_last(best_path: Path, last_path: Path, bundle: DataBundle, config: ExperimentConfig, teacher: nn.Module | None) -> dict:
-    """Test-split reports of the best-on-val and the last checkpoint, with the epochs they come from."""
-    models, epochs, val_top1 = {}, {}, {}
-    for which, path in (("best", best_path), ("last", last_path)):
+def trainer_arguments(trainer: TrainerConfig, recipe: RecipeConfig) -> dict[str, Any]:
+    """The Lightning Trainer arguments a config asks for: every TrainerConfig option (see
+    :data:`KDLENS_TRAINER_OPTIONS`), the recipe's epochs and gradient clipping, and what kdlens
+    always sets (no sanity steps or model summary; its own data sharding)."""
+    options = trainer.model_dump(exclude=set(KDLENS_TRAINER_OPTIONS))
+    return {
+        **{TRAINER_ARGUMENT_NAMES.get(name, name): value for name, value in options.items()},
+        "max_epochs": recipe.epochs,
+        "gradient_clip_val": recipe.grad_clip_norm,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "use_distributed_sampler": False,  # BundleDataModule shards by (seed, epoch) itself
+    }
+
+
+def build_trainer(config: ExperimentConfig, folder: RunFolder, callbacks: Sequence[Callback] = ()) -> L.Trainer:
+    """A Trainer writing best/last checkpoints (atomically) and CSV/TensorBoard logs into ``folder``."""
+    # Two callbacks: Lightning's save_last only writes when a top-k checkpoint was written in the
+    # same step, which would leave last.ckpt stale after an epoch without improvement.
+    best, last = (folder.checkpoint(which) for which in CHECKPOINTS)
+    best_checkpoint = ModelCheckpoint(
+        dirpath=best.parent, filename=best.stem, monitor="val/top1", mode="max", save_top_k=1, enable_version_counter=False
+    )
+    last_checkpoint = ModelCheckpoint(dirpath=last.parent, filename=last.stem, enable_version_counter=False)
+    return L.Trainer(
+        **trainer_arguments(config.trainer, config.recipe),
+        default_root_dir=folder.path,
+        # A new CSV version folder per attempt: CSVLogger would otherwise overwrite an interrupted
+        # attempt's metrics.csv on resume. TensorBoard appends event files by itself.
+        logger=[CSVLogger(folder.logs_dir, name=CSV_LOGS), TensorBoardLogger(folder.logs_dir, name=TENSORBOARD_LOGS, version="")],
+        callbacks=[best_checkpoint, last_checkpoint, RNGStateCallback(), *callbacks],
+        plugins=[AtomicCheckpointIO()],
+    )
+
+
+def fit(trainer: L.Trainer, parts: Components, config: ExperimentConfig, folder: RunFolder, resume: bool) -> float:
+    """Train (from last.ckpt when resuming); the seconds it took."""
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        # The frozen teacher is in eval mode on purpose.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+        trainer.fit(
+            parts.module,
+            datamodule=BundleDataModule(parts.bundle, config.data, config.seed),
+            ckpt_path=folder.last if resume and folder.resumable else None,
+        )
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate_run(config: ExperimentConfig, parts: Components, folder: RunFolder, train_seconds: float) -> RunResults:
+    """The run's results: test-split reports of the best-on-val and the last checkpoint, with the
+    epochs they come from, and the run's sizes."""
+    models, states = {}, {}
+    for which in CHECKPOINTS:
+        path = folder.checkpoint(which)
+        if not path.is_file():
+            raise ConfigError(f"the run ended without writing {path}: no epoch finished. Check trainer.limit_train_batches")
         checkpoint = load_checkpoint_file(path)
         models[which], _ = model_from_checkpoint(checkpoint, path)
-        epochs[which] = checkpoint["epoch"] + 1  # epochs completed, counting from 1
-        val_top1[which] = checkpoint["val_metrics"].get("val/top1")
-    reports = evaluate_models(models, bundle, config.data, teacher)
-    return {which: {"epoch": epochs[which], "val_top1": val_top1[which], **reports[which]} for which in models}
+        states[which] = training_state(checkpoint)
+    reports = evaluate_models(models, parts.bundle, config.data, parts.teacher)
+    evaluated = {
+        which: CheckpointResults(epoch=epoch, val_top1=val_metrics.get("val/top1"), splits=reports[which])
+        for which, (epoch, val_metrics) in states.items()
+    }
+    return RunResults(
+        name=config.name,
+        model=config.model.name,
+        teacher=config.teacher.name if config.teacher else None,
+        train_seconds=round(train_seconds, 2),
+        parameters=count_parameters(parts.model),
+        connector_parameters=count_parameters(parts.losses),
+        **evaluated,  # best and last
+    )

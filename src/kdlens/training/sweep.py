@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdlens.config import ConfigError, ExperimentConfig, apply_override, validate_config
-from kdlens.io import atomic_write_text
-from kdlens.report.tables import rows_to_csv
+from kdlens.aggregate import format_aggregate
+from kdlens.config import ConfigError, ExperimentConfig, apply_override, check_run_name, validate_config
+from kdlens.io import atomic_write_text, markdown_table, rows_to_csv
+from kdlens.runs.layout import RunFolder
+from kdlens.runs.results import RunResults
+
+SUMMARY_FILES = ("summary.csv", "summary.md")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,17 @@ class SweepRun:
     config: ExperimentConfig
 
 
+def default_sweep_dir(raw: dict[str, Any]) -> Path:
+    """``runs/<name>-sweep`` for a config's (unvalidated) ``name``, refused when it is not a plain
+    folder name."""
+    name = raw.get("name", "experiment")
+    try:
+        check_run_name(str(name))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return Path("runs") / f"{name}-sweep"
+
+
 def plan_sweep(raw: dict[str, Any], axes: list[GridAxis], seeds: int, sweep_dir: Path) -> list[SweepRun]:
     """Every grid point × seed as a validated config with its own output folder."""
     base_seed = raw.get("seed", 0)
@@ -69,6 +83,7 @@ def _slug(text: str) -> str:
 
 
 SUMMARY_METRICS = {
+    # title: (checkpoint, split, metric) of RunResults.metric
     "best top-1": ("best", "test", "top1"),
     "last top-1": ("last", "test", "top1"),
     "agreement": ("best", "test", "agreement"),
@@ -78,60 +93,40 @@ SUMMARY_METRICS = {
 }
 
 
-def run_sweep(runs: list[SweepRun], sweep_dir: Path, train: Callable[[ExperimentConfig, bool], dict], log=print) -> list[dict]:
+def run_sweep(runs: list[SweepRun], sweep_dir: Path, train: Callable[[ExperimentConfig, bool], Any], log=print) -> list[dict]:
     """Train each run not finished yet (resuming an interrupted one), then aggregate all of them
     into ``summary.csv`` and ``summary.md`` in ``sweep_dir``."""
     for index, run in enumerate(runs, 1):
-        results_file = run.config.run_dir / "results.json"
-        if results_file.exists():
+        folder = RunFolder(run.config.run_dir)
+        if folder.finished:
             log(f"[{index}/{len(runs)}] {run.config.name}: finished, skipped")
             continue
-        resume = (run.config.run_dir / "checkpoints" / "last.ckpt").exists()
-        log(f"[{index}/{len(runs)}] {run.config.name}: {'resuming' if resume else 'training'}")
-        train(run.config, resume)
+        log(f"[{index}/{len(runs)}] {run.config.name}: {'resuming' if folder.resumable else 'training'}")
+        train(run.config, folder.resumable)
     rows = summarise(runs)
-    atomic_write_text(sweep_dir / "summary.csv", rows_to_csv(rows))
-    atomic_write_text(sweep_dir / "summary.md", markdown_table(rows) + "\n")
+    csv_file, markdown_file = (sweep_dir / name for name in SUMMARY_FILES)
+    atomic_write_text(csv_file, rows_to_csv(rows))
+    atomic_write_text(markdown_file, markdown_table(rows) + "\n")
     return rows
 
 
 def summarise(runs: list[SweepRun]) -> list[dict]:
     """One row per grid point: mean ± std over its seeds of each metric the runs report."""
-    points: dict[tuple, list[dict]] = {}
+    points: dict[tuple, list[RunResults]] = {}
     for run in runs:
-        results = json.loads((run.config.run_dir / "results.json").read_text())
-        points.setdefault(tuple(run.point.items()), []).append(results)
+        points.setdefault(tuple(run.point.items()), []).append(RunFolder(run.config.run_dir).read_results())
     rows = []
     for point, results in points.items():
         row: dict[str, Any] = dict(point)
         row["seeds"] = len(results)
         for title, path in SUMMARY_METRICS.items():
-            values = [_lookup(r, path) for r in results]
+            values = [r.metric(*path) for r in results]
             values = [v for v in values if v is not None]
             if values:
-                row[title] = mean_std(values)
+                row[title] = format_aggregate(values)
         rows.append(row)
     return rows
 
 
-def _lookup(results: dict, path: tuple[str, ...]) -> float | None:
-    node: Any = results
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
-def mean_std(values: list[float]) -> str:
-    """``mean ± std`` with the sample standard deviation (n−1); 0 for a single seed."""
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return f"{mean:.4f} ± {std:.4f}"
-
-
-def markdown_table(rows: list[dict]) -> str:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
+mean_std = format_aggregate
+"""``mean ± std`` over seeds (:func:`kdlens.aggregate.format_aggregate`; one seed: the mean alone)."""
