@@ -65,7 +65,7 @@ def test_the_runs_layer_and_the_explainer_registry_stay_light():
 # ---------------------------------------------------------------- layering
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("kdlens.registry", "kdlens.errors", "kdlens.io", "kdlens.aggregate")),
+    ("foundation", ("kdlens.registry", "kdlens.errors", "kdlens.io", "kdlens.aggregate", "kdlens.verbosity")),
     ("config", ("kdlens.config", "kdlens.device")),
     ("data/models", ("kdlens.data", "kdlens.models")),
     ("distill/explain", ("kdlens.distill", "kdlens.explain")),

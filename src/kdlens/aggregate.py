@@ -8,7 +8,8 @@ at all prints as ``–``."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 MISSING = "–"
@@ -49,6 +50,20 @@ def aggregate(values: Iterable[float | None]) -> Aggregate:
     mean = sum(present) / n if n else math.nan
     std = math.sqrt(sum((v - mean) ** 2 for v in present) / (n - 1)) if n > 1 else math.nan
     return Aggregate(mean, std, n, missing)
+
+
+def describe_missing(stats: Aggregate, reasons: Iterable[str], every_sample: Mapping[str, str] | None = None) -> str:
+    """Why the missing values of ``stats`` are missing, from one reason per missing value: ``""``
+    when none is missing; ``reason ×count`` per reason, most frequent first (``empty mask ×3,
+    all-zero map ×1``); when every value is missing, ``no value: `` before them, or, with a single
+    reason, its phrase for every sample from ``every_sample`` (e.g. ``all maps are zero``)."""
+    if stats.nan == 0:
+        return ""
+    counts = Counter(reasons).most_common()
+    if stats.n == 0 and len(counts) == 1 and every_sample and counts[0][0] in every_sample:
+        return every_sample[counts[0][0]]
+    listed = ", ".join(f"{reason} ×{count}" for reason, count in counts)
+    return f"no value: {listed}" if stats.n == 0 else listed
 
 
 def format_aggregate(values: Iterable[float | None] | Aggregate, digits: int = 4) -> str:

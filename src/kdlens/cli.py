@@ -10,7 +10,7 @@ import typer
 
 # Only what --help needs at module level: every command imports what it uses (torch, the
 # registries' packages, Lightning) when it runs.
-from kdlens.errors import ConfigError, UserError
+from kdlens.errors import DISK_ERRNOS, ConfigError, UserError, describe_os_error
 
 if TYPE_CHECKING:
     from kdlens.config import ExperimentConfig
@@ -29,6 +29,16 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="validate the config and
 Device = Annotated[Optional[str], typer.Option("--device", help="device the models run on: cpu, cuda, cuda:N, mps or auto (default: CUDA when present, else CPU)")]
 
 
+@app.callback()
+def _global_options(
+    verbose: Annotated[bool, typer.Option("--verbose", help="also show the libraries' own output (Lightning's start-up and status lines, their warnings, torch.onnx's export steps)")] = False,
+) -> None:
+    """Explainable knowledge distillation: train, distil, evaluate."""
+    from kdlens.verbosity import set_verbose
+
+    set_verbose(verbose)
+
+
 def _user_errors(command):
     """Errors caused by input print as one clear message and exit 2, without a traceback."""
 
@@ -38,6 +48,11 @@ def _user_errors(command):
             return command(*args, **kwargs)
         except UserError as err:  # ConfigError, DataError, CheckpointError, ExplainError, WeightsError, ...
             typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        except OSError as err:  # the file system refused (full disk, read-only folder, ...) outside kdlens's writers
+            if err.errno not in DISK_ERRNOS:
+                raise
+            typer.echo(f"error: {describe_os_error(err)}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -161,10 +176,17 @@ def evaluate(
     from kdlens.io import atomic_write_text, rows_to_csv, write_json
     from kdlens.report.tables import flatten_report, format_table
 
+    if not explainer and (layer is not None or tta or metrics != "thesis"):
+        raise ConfigError("--layer, --tta and --metrics are options of the explanations: add --explainer (e.g. --explainer gradcam)")
+    if explainer:  # names first, before any checkpoint or data is read
+        from kdlens.explain import EXPLAINERS
+        from kdlens.registry import unknown_name_message
+
+        for name in (m.strip() for m in explainer.split(",") if m.strip()):
+            if name not in EXPLAINERS:
+                raise ConfigError(unknown_name_message("explanation method", name, EXPLAINERS.names()))
     chosen_device = resolve_device(device)
     inputs = open_checkpoints(checkpoints, data, set_, teacher=teacher)
-    if not explainer and (layer is not None or tta):
-        raise ConfigError("--layer and --tta are options of the explanations: add --explainer (e.g. --explainer gradcam)")
     # Check every explanation name now, before the accuracy pass and before any file is written.
     plan = plan_explanations(inputs, explainer, metrics, target, layer, tta, n) if explainer else None
     reports = evaluate_classification(inputs, chosen_device)

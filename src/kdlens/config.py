@@ -323,14 +323,43 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
 def read_raw_config(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
     """The YAML file's mapping with overrides applied, not yet validated (sweeps vary it further)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"'{path}' is a folder, not a config file: give an experiment YAML file (e.g. configs/demo/teacher.yaml)")
     if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"config file '{path}' does not exist: check the path")
+    raw = parse_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of sections, not {type(raw).__name__}")
     for override in overrides:
         apply_override(raw, override)
     return raw
+
+
+def parse_yaml(path: Path) -> Any:
+    """A YAML file's content; a ConfigError for a file that is not text or not YAML (with the
+    line and column of the first syntax error)."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file '{path}' is not a text file (byte {err.start} is not UTF-8): give an experiment YAML file"
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"config file '{path}' cannot be read ({err.strerror or err}): check its permissions") from None
+    if "\x00" in text:
+        raise ConfigError(f"config file '{path}' is not a text file (it holds NUL bytes): give an experiment YAML file")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {_yaml_problem(err)}") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """The first problem of a YAML error, at its line and column (1-based), and the fix."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}. Fix the syntax there (indentation, a missing ':' or closing bracket, or quote the value)"
 
 
 def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
@@ -355,14 +384,27 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     if not sep or not key:
         raise ConfigError(f"override '{override}' is not of the form key.sub=value")
     *parents, leaf = key.split(".")
+    if not all(key.split(".")):
+        raise ConfigError(f"override '{override}': '{key}' has an empty part; write key.sub=value, e.g. recipe.epochs=5")
     node: Any = raw
-    for part in parents:
+    for i, part in enumerate(parents):
+        if i and not isinstance(node, (dict, list)):
+            raise ConfigError(_not_a_section(key, ".".join(parents[:i]), node))
         node = _child(node, part, key)
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(
+            f"override '{override}': the value '{text}' is not valid YAML ({problem}); close its brackets or quotes, "
+            f"or quote it as a string ({key}='\"...\"')"
+        ) from None
     if isinstance(node, list):
         node[_list_index(node, leaf, key)] = value
-    else:
+    elif isinstance(node, dict):
         node[leaf] = value
+    else:
+        raise ConfigError(_not_a_section(key, ".".join(parents), node))
 
 
 def _child(node: Any, part: str, key: str) -> Any:
@@ -371,6 +413,13 @@ def _child(node: Any, part: str, key: str) -> Any:
     if not isinstance(node, dict):
         raise ConfigError(f"override '{key}': '{part}' is inside a value that is not a section")
     return node.setdefault(part, {})
+
+
+def _not_a_section(key: str, path: str, value: Any) -> str:
+    return (
+        f"override '{key}': '{path}' is a value ({value!r}), not a section with keys; "
+        f"set it directly ({path}=...) or check the key's spelling"
+    )
 
 
 def _list_index(node: list, part: str, key: str) -> int:
@@ -386,12 +435,16 @@ def format_errors(err: ValidationError, prefix: tuple = ()) -> str:
         loc = prefix + tuple(e["loc"])
         where = ".".join(str(p) for p in loc) or "<top>"
         if e["type"] == "extra_forbidden":
-            valid = _valid_keys(loc[:-1])
-            lines.append(f"  {where}: unknown key. Valid keys here: {', '.join(valid)}")
+            try:
+                valid = _valid_keys(loc[:-1])
+            except (IndexError, KeyError, TypeError, AttributeError):  # a location the models do not describe
+                valid = []
+            lines.append(f"  {where}: unknown key." + (f" Valid keys here: {', '.join(valid)}" if valid else " Remove it"))
         elif e["type"] == "missing":
             lines.append(f"  {where}: required key is missing")
         else:
-            lines.append(f"  {where}: {e['msg']} (got {e['input']!r})")
+            got = repr(e["input"])
+            lines.append(f"  {where}: {e['msg']} (got {got if len(got) <= 200 else got[:200] + ' …'})")
     return "\n".join(lines)
 
 

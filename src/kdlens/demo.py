@@ -32,7 +32,7 @@ def demo_configs(out: Path, epochs: int, teacher_epochs: int) -> dict[str, dict[
         "optimizer": {"name": "adam", "lr": 3e-3},
         "schedule": {"name": "cosine", "warmup_epochs": 1},
     }
-    trainer = {"progress_bar": False, "log_every_n_steps": 10}
+    trainer = {"progress_bar": True, "log_every_n_steps": 10}  # one progress line per run, nothing else
     teacher = {"name": "resnet20", "checkpoint": str(RunFolder(out / "teacher").best)}
     student_data = {**data, "shortcut": SHORTCUT}
     kd = [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 4.0}]

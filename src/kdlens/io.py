@@ -14,26 +14,64 @@ from typing import IO, Any
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it over ``path``."""
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it over ``path``.
+
+    A file system that refuses (full disk, read-only or missing folder, a file where the folder
+    should be) raises :class:`~kdlens.errors.OutputError` naming ``path`` and the fix; the
+    temporary file is removed and ``path`` keeps what it held before."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
+    file = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        with os.fdopen(fd, "wb") as raw:
+            file = _RecordingFile(raw)
+            write(file)
+            raw.flush()
+            os.fsync(raw.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp = None
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+    except OSError as err:
+        raise _output_error(path, err) from None
+    except BaseException as err:
+        # Writers that call file.write from C (torch.save) turn its OSError into a RuntimeError.
+        if file is not None and file.error is not None and not isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise _output_error(path, file.error) from None
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
     finally:
-        os.close(dir_fd)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def _output_error(path: Path, err: OSError) -> OSError:
+    from kdlens.errors import OutputError
+
+    return err if isinstance(err, OutputError) else OutputError(path, err)
+
+
+class _RecordingFile:
+    """A binary file that remembers the first OSError its ``write`` raised."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw, self.error = raw, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._raw.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
 
 
 def _umask() -> int:

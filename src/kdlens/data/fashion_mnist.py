@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from kdlens.data.base import DataBundle, DataConfigBase, DatasetInfo, register_dataset
-from kdlens.data.common import DatasetNotFoundError, TensorSource, make_transforms, train_val_test
+from kdlens.data.common import DataError, DatasetNotFoundError, TensorSource, make_transforms, train_val_test
 
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -27,6 +27,8 @@ CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 MEAN, STD = (0.2860,), (0.3530,)
 _IDX_UBYTE = 0x08  # the IDX type code for unsigned bytes, the only type Fashion-MNIST uses
+_REFETCH = ("Replace the four Fashion-MNIST files with intact copies (delete them and let torchvision download "
+            "them again, or `apt-get install --reinstall dataset-fashion-mnist`)")
 
 
 class FashionMNISTConfig(DataConfigBase):
@@ -36,22 +38,24 @@ class FashionMNISTConfig(DataConfigBase):
 
 
 def read_idx(path: Path, ndim: int) -> Tensor:
-    """Decode a gzipped IDX file of unsigned bytes with ``ndim`` dimensions into a uint8 tensor."""
+    """Decode a gzipped IDX file of unsigned bytes with ``ndim`` dimensions into a uint8 tensor;
+    a :class:`DataError` naming the file and the fix for a damaged one."""
     try:
         with gzip.open(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError, zlib.error) as err:
-        raise ValueError(f"{path}: not a readable gzip file ({err})") from err
+        raise DataError(f"{path}: not a readable gzip file ({err}). {_REFETCH}") from None
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes)")
+        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes). {_REFETCH}")
     zero, dtype, file_ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype != _IDX_UBYTE or file_ndim != ndim:
-        raise ValueError(f"{path}: bad IDX magic number 0x{raw[:4].hex()}, expected 0x0000{_IDX_UBYTE:02x}{ndim:02x}")
+        raise DataError(f"{path}: bad IDX magic number 0x{raw[:4].hex()}, expected 0x0000{_IDX_UBYTE:02x}{ndim:02x} "
+                        f"(not an IDX file of {ndim}-dimensional unsigned bytes). {_REFETCH}")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     if len(raw) - header != math.prod(shape):
-        raise ValueError(f"{path}: {len(raw) - header} data bytes, but the header {shape} needs "
-                         f"{math.prod(shape)} (truncated or corrupt file)")
+        raise DataError(f"{path}: {len(raw) - header} data bytes, but the header {shape} needs "
+                        f"{math.prod(shape)} (truncated or corrupt file). {_REFETCH}")
     return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(shape)
 
 
@@ -102,10 +106,14 @@ def _load(directory: Path, split: Literal["train", "test"]) -> TensorSource:
     images = read_idx(directory / FILES[f"{split}_images"], ndim=3)
     labels = read_idx(directory / FILES[f"{split}_labels"], ndim=1)
     if images.shape[1:] != (28, 28) or len(images) != len(labels):
-        raise ValueError(f"{directory}: {split} images {tuple(images.shape)} do not match "
-                         f"{len(labels)} labels of 28×28 images")
+        raise DataError(f"{directory}: {split} images {tuple(images.shape)} do not match "
+                        f"{len(labels)} labels of 28×28 images (mis-sized or mismatched files). {_REFETCH}")
+    if len(images) == 0:
+        raise DataError(f"{directory}: the {split} files hold no images. {_REFETCH}")
     if (labels >= len(CLASS_NAMES)).any():
-        raise ValueError(f"{directory}: {split} labels outside 0..{len(CLASS_NAMES) - 1}")
+        bad = sorted({int(label) for label in labels[labels >= len(CLASS_NAMES)]})[:5]
+        raise DataError(f"{directory}: {split} labels {bad} outside 0..{len(CLASS_NAMES) - 1} "
+                        f"(not Fashion-MNIST's labels file). {_REFETCH}")
     return TensorSource(images[:, None], labels.long())
 
 

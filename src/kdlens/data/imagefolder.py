@@ -3,6 +3,7 @@ read lazily from disk. ``val/`` is the test split; validation is carved out of `
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -47,13 +48,25 @@ def _classes(root: Path) -> list[str]:
     if missing:
         raise DatasetNotFoundError(f"image folder dataset: {', '.join(map(str, missing))} not found; "
                                    f"expected layout {LAYOUT} with ROOT={root} (set data.root)")
-    from torchvision.datasets.folder import find_classes
-
-    classes, _ = find_classes(str(root / "train"))
-    extra = sorted(set(find_classes(str(root / "val"))[0]) - set(classes))
+    classes = _class_folders(root / "train")
+    if not classes:
+        raise DataError(f"{root / 'train'} has no class folders: put each class's images in a folder of its own, "
+                        f"{LAYOUT}")
+    extra = sorted(set(_class_folders(root / "val")) - set(classes))
     if extra:
-        raise DataError(f"{root / 'val'} has classes that {root / 'train'} lacks: {', '.join(extra)}")
+        raise DataError(f"{root / 'val'} has classes that {root / 'train'} lacks: {', '.join(extra)}. Add their training "
+                        "images to train/, or remove those folders from val/")
     return classes
+
+
+def _class_folders(split: Path) -> list[str]:
+    return sorted(entry.name for entry in os.scandir(split) if entry.is_dir())
+
+
+def _samples(split: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    return make_dataset(str(split), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
 
 
 def describe(cfg: ImageFolderConfig) -> DatasetInfo:
@@ -65,15 +78,22 @@ def describe(cfg: ImageFolderConfig) -> DatasetInfo:
 
 @register_dataset(ImageFolderConfig, describe=describe)
 def build(cfg: ImageFolderConfig) -> DataBundle:
-    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+    from torchvision.datasets.folder import IMG_EXTENSIONS
     from torchvision.transforms import v2
 
     info = describe(cfg)
     root = Path(cfg.root)
     class_to_idx = {name: k for k, name in enumerate(info.class_names)}
-    train_source, test_source = (
-        ImageFileSource(make_dataset(str(root / split), class_to_idx, extensions=IMG_EXTENSIONS)) for split in ("train", "val")
-    )
+    train_samples, test_samples = (_samples(root / split, class_to_idx) for split in ("train", "val"))
+    empty = sorted(set(info.class_names) - {info.class_names[label] for _, label in train_samples})
+    if empty:
+        folders = ", ".join(str(root / "train" / name) for name in empty[:5]) + (" …" if len(empty) > 5 else "")
+        raise DataError(f"class folder(s) {folders} hold no images ({' '.join(IMG_EXTENSIONS)}): add that class's "
+                        "training images, or remove the folder (every class folder of train/ is a class)")
+    if not test_samples:
+        raise DataError(f"{root / 'val'} holds no images ({' '.join(IMG_EXTENSIONS)}): it is the test split; put test "
+                        f"images in val/<class>/, {LAYOUT}")
+    train_source, test_source = ImageFileSource(train_samples), ImageFileSource(test_samples)
     transforms = make_transforms(
         info.mean, info.std,
         train_ops=[v2.RandomResizedCrop(cfg.image_size), v2.RandomHorizontalFlip()],

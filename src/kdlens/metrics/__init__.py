@@ -21,6 +21,7 @@ from kdlens.metrics.base import (
     EvaluationContext,
     ExplainFn,
     ExplanationMetric,
+    NanReason,
     Readout,
     Sweep,
 )
@@ -104,6 +105,7 @@ __all__ = [
     "MaxSensitivity",
     "Monotonicity",
     "MonotonicityCorrelation",
+    "NanReason",
     "NegativePerturbation",
     "PixelFlipping",
     "PointingGame",

@@ -17,13 +17,14 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import ClassVar, dataclass_transform
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kdlens.metrics.functional import prepare_attributions
+from kdlens.metrics.functional import flatten, prepare_attributions
 from kdlens.models.modes import eval_mode  # noqa: F401  (re-exported: the one eval_mode)
 from kdlens.registry import METRICS, Registry
 
@@ -32,6 +33,44 @@ ExplainFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 Requirement = str
 """One of ``"model"`` (with ``y``), ``"mask"`` or ``"explain_fn"``."""
+
+
+class NanReason(str, Enum):
+    """Why a metric has no score (NaN) for a sample; :meth:`ExplanationMetric.nan_reasons` gives
+    one per sample and the summaries count them (:func:`kdlens.aggregate.describe_missing`)."""
+
+    EMPTY_MASK = "empty mask"
+    FULL_MASK = "mask covers the whole image"
+    ZERO_MAP = "all-zero map"
+    NO_POSITIVE = "no positive attribution"
+    RATIO_ABOVE_ONE = "mass ratio above 1"
+    UNDEFINED = "undefined"
+    """No specific reason known (e.g. a correlation with a constant input)."""
+
+    @property
+    def for_every_sample(self) -> str:
+        """The reason said of a whole set of samples (a summary row whose every score is NaN)."""
+        return _FOR_EVERY_SAMPLE[self]
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FOR_EVERY_SAMPLE = {
+    NanReason.EMPTY_MASK: "no sample has a mask (every mask is empty)",
+    NanReason.FULL_MASK: "every mask covers the whole image",
+    NanReason.ZERO_MAP: "all maps are zero",
+    NanReason.NO_POSITIVE: "no map has a positive attribution",
+    NanReason.RATIO_ABOVE_ONE: "every mass ratio is above 1",
+    NanReason.UNDEFINED: "undefined for every sample",
+}
+
+
+def zero_maps(context: EvaluationContext) -> Tensor:
+    """``(B,)``: whether each sample's attribution map is zero everywhere."""
+    if context.a is None:
+        return torch.zeros(len(context), dtype=torch.bool, device=context.device)
+    return ~flatten(context.a.to(context.device)).any(1)
 
 
 @dataclass(frozen=True)
@@ -367,6 +406,25 @@ class ExplanationMetric(ABC):
 
     def attributions(self, context: EvaluationContext) -> Tensor:
         return context.attributions(self.abs, self.normalise, batch_wide=self.quantus_compat)
+
+    def undefined_when(self, context: EvaluationContext) -> list[tuple[Tensor, NanReason]]:
+        """The conditions ``(B,)`` under which this metric's score is NaN, each with its reason, in
+        order of precedence (a metric that declares them NaNs its score where any holds)."""
+        return []
+
+    def nan_reasons(self, context: EvaluationContext, scores: Tensor) -> list[NanReason | None]:
+        """Why each NaN in ``scores`` (this metric's result on ``context``) is NaN; None for the
+        samples with a score. The first of :meth:`undefined_when` that holds, else an all-zero map
+        (which leaves most scores undefined), else :attr:`NanReason.UNDEFINED`."""
+        missing = scores.isnan().cpu()
+        if not missing.any():
+            return [None] * len(scores)
+        reasons: list[NanReason | None] = [None] * len(scores)
+        for condition, reason in [*self.undefined_when(context), (zero_maps(context), NanReason.ZERO_MAP)]:
+            for i in (missing & condition.cpu()).nonzero()[:, 0].tolist():
+                if reasons[i] is None:
+                    reasons[i] = reason
+        return [NanReason.UNDEFINED if m and r is None else r for m, r in zip(missing.tolist(), reasons, strict=True)]
 
 
 class CurveMetric(ExplanationMetric):

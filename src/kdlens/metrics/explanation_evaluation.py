@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from kdlens.aggregate import aggregate
+from kdlens.aggregate import aggregate, describe_missing
 from kdlens.explain import (
     EXPLAINERS,
     ExplainError,
@@ -19,10 +19,15 @@ from kdlens.explain import (
     make_explainer,
     resolve_target,
 )
-from kdlens.metrics.base import EXPLANATION_METRICS, EvaluationContext, ExplanationMetric
+from kdlens.metrics.base import EXPLANATION_METRICS, EvaluationContext, ExplanationMetric, NanReason
 from kdlens.metrics.suite import METRIC_PRESETS
 from kdlens.models.modes import eval_mode
 from kdlens.registry import unknown_name_message
+
+NAN_REASONS = "nan_reasons"
+"""The per-sample rows' column saying why a metric has no score there: ``metric: reason`` pairs
+joined by ``; `` (e.g. ``pointing_game: all-zero map; auc: all-zero map``), empty when every
+metric has a score."""
 
 THESIS_IMAGE = (3, 224, 224)
 """The thesis suite's constants are for this input: 48 feature groups, top-k of 1000 pixels."""
@@ -95,7 +100,8 @@ class ExplanationResults:
 
     scores: list[dict]
     """One row per (model, explainer, sample): ``model``, ``explainer``, ``index``, ``label``,
-    ``target`` and each metric's score (NaN where undefined for the sample, e.g. an empty mask)."""
+    ``target``, each metric's score (NaN where undefined for the sample, e.g. an empty mask) and
+    :data:`NAN_REASONS`, why the NaN ones are NaN."""
     curves: dict[str, list[dict]] = field(default_factory=dict)
     """Per metric with per-sample points (``point_labels``, e.g. ``decile_prediction_drop``): one
     row per (model, explainer, sample), the same identifying columns, then one column per point."""
@@ -152,10 +158,12 @@ def evaluate_explanations(
                 with eval_mode(model):
                     scores = {name: metric.evaluate(context) for name, metric in metrics.items()}
                     points = {name: metrics[name].points(context) for name in results.curves}
+                    reasons = {name: metrics[name].nan_reasons(context, values) for name, values in scores.items()}
                 for i in range(len(x)):
                     ids = {"model": model_name, "explainer": method, "index": int(batch["index"][i]),
                            "label": int(labels[i]), "target": int(y[i])}
-                    results.scores.append(ids | {name: float(values[i]) for name, values in scores.items()})
+                    why = "; ".join(f"{name}: {r[i]}" for name, r in reasons.items() if r[i] is not None)
+                    results.scores.append(ids | {name: float(values[i]) for name, values in scores.items()} | {NAN_REASONS: why})
                     for name, values in points.items():
                         point_values = dict(zip(metrics[name].point_labels, values[i].tolist(), strict=True))
                         results.curves[name].append(ids | point_values)
@@ -164,16 +172,30 @@ def evaluate_explanations(
     return results
 
 
+def nan_reasons_of(row: dict) -> dict[str, str]:
+    """``{metric: reason}`` of one per-sample row's :data:`NAN_REASONS` column (empty without it)."""
+    text = row.get(NAN_REASONS) or ""
+    pairs = (item.partition(": ") for item in text.split("; ") if item)
+    return {metric: reason for metric, _, reason in pairs}
+
+
 def aggregate_scores(rows: list[dict], metric_names: list[str]) -> list[dict]:
     """Per (model, explainer, metric): :func:`kdlens.aggregate.aggregate` of the samples' scores
-    (mean and sample std over the samples with a score, n, and how many samples had none)."""
+    (mean and sample std over the samples with a score, n, how many samples had none) and a
+    ``note`` on why those had none (:func:`kdlens.aggregate.describe_missing` of the rows'
+    :data:`NAN_REASONS`; empty when every sample has a score), e.g. ``all maps are zero`` when no
+    sample has one."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["model"], row["explainer"]), []).append(row)
+    every_sample = {reason.value: reason.for_every_sample for reason in NanReason}
     table = []
     for (model, method), group in groups.items():
+        reasons = [nan_reasons_of(row) for row in group]
         for metric in metric_names:
             stats = aggregate(row[metric] for row in group)
+            why = [r.get(metric, NanReason.UNDEFINED.value) for row, r in zip(group, reasons, strict=True)
+                   if row[metric] is None or row[metric] != row[metric]]
             table.append({"model": model, "explainer": method, "metric": metric, "mean": stats.mean, "std": stats.std,
-                          "n": stats.n, "nan": stats.nan})
+                          "n": stats.n, "nan": stats.nan, "note": describe_missing(stats, why, every_sample)})
     return table

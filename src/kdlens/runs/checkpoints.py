@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import struct
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -50,10 +51,12 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> Any:
         )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except PermissionError as err:
+        raise CheckpointError(f"checkpoint '{path}' cannot be read ({err.strerror}): check its permissions") from None
     except pickle.UnpicklingError as err:
         if "Unsupported global" not in str(err):  # bytes that are no pickle at all
             raise CheckpointError(
-                f"checkpoint '{path}' is truncated or corrupt (it is not a torch checkpoint: {_reason(err)}). "
+                f"checkpoint '{path}' is truncated or corrupt, not a checkpoint file torch can read ({_reason(err)}). "
                 "Use another checkpoint of the run (last.ckpt / best.ckpt) or re-train."
             ) from None
         raise CheckpointError(
@@ -61,10 +64,11 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> Any:
             f"containers, which could run code when loaded. kdlens never loads those. Re-save the weights "
             f"as a state_dict of tensors. ({_reason(err)})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError, TypeError,
+            AttributeError, OverflowError, MemoryError, struct.error) as err:  # a damaged file makes torch.load raise nearly anything
         raise CheckpointError(
-            f"checkpoint '{path}' is truncated or corrupt ({type(err).__name__}: {_reason(err)}). "
-            "Use another checkpoint of the run (last.ckpt / best.ckpt) or re-train."
+            f"checkpoint '{path}' is truncated or corrupt, not a checkpoint file torch can read ({type(err).__name__}: "
+            f"{_reason(err)}). Use another checkpoint of the run (last.ckpt / best.ckpt) or re-train."
         ) from None
 
 
@@ -74,6 +78,14 @@ def _reason(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     specific = [line for line in lines if line.startswith("Unsupported") or "Unpickler error: Unsupported" in line]
     return (specific or lines or ["no details"])[0][:300]
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, (list, tuple))
 
 
 _INFO_KEYS = ("model", "num_classes", "in_channels", "image_size", "class_names", "mean", "std")
@@ -133,6 +145,23 @@ class CheckpointInfo(Mapping):
                 f"'{source}' has a kdlens section without {', '.join(missing)}: it was not written by kdlens "
                 "or was edited; re-create it with `kdlens import` or use another checkpoint of the run"
             )
+        wrong = [
+            key for key, ok in (
+                ("model", isinstance(info["model"], str)),
+                ("num_classes", _is_count(info["num_classes"])),
+                ("in_channels", _is_count(info["in_channels"])),
+                ("image_size", _is_sequence(info["image_size"])),
+                ("class_names", _is_sequence(info["class_names"])),
+                ("mean", _is_sequence(info["mean"])),
+                ("std", _is_sequence(info["std"])),
+            ) if not ok
+        ]
+        if wrong:
+            raise CheckpointError(
+                f"'{source}' has a kdlens section whose {', '.join(wrong)} "
+                f"{'is' if len(wrong) == 1 else 'are'} not of the stored kind (a name, counts ≥ 1, lists): it was "
+                "edited or damaged; use another checkpoint of the run or re-create it with `kdlens import`"
+            )
         return cls(
             model=info["model"],
             num_classes=info["num_classes"],
@@ -141,8 +170,8 @@ class CheckpointInfo(Mapping):
             class_names=list(info["class_names"]),
             mean=list(info["mean"]),
             std=list(info["std"]),
-            config=info.get("config"),
-            source=info.get("source"),
+            config=info.get("config") if isinstance(info.get("config"), dict) else None,
+            source=info.get("source") if isinstance(info.get("source"), dict) else None,
         )
 
     def replace(self, **changes: Any) -> CheckpointInfo:
@@ -290,26 +319,37 @@ def model_from_checkpoint(checkpoint: Any, source: str | Path) -> tuple[nn.Modul
         raise CheckpointError(f"'{source}' holds no weights (no 'state_dict' of tensors): use another checkpoint of the run")
     try:
         model = create_model(info.model, info.num_classes, info.in_channels)
-    except (KeyError, ValueError, TypeError) as err:
+    except (KeyError, ValueError, TypeError, RuntimeError, MemoryError, OverflowError) as err:
         raise CheckpointError(
             f"'{source}' records a model kdlens cannot build ({info.model}, {info.num_classes} classes, "
-            f"{info.in_channels} channels: {str(err).strip(chr(39))}): it was edited or written by another kdlens"
+            f"{info.in_channels} channels: {str(err).strip(chr(39))}): it was edited or written by another kdlens "
+            "version; use another checkpoint of the run, or one written by this kdlens"
         ) from None
-    state = {k[len(MODEL_PREFIX):]: v for k, v in state_dict.items() if k.startswith(MODEL_PREFIX)}
-    load_state_dict_strictly(model, state, info.model, source)
+    state = {k[len(MODEL_PREFIX):]: v for k, v in state_dict.items() if isinstance(k, str) and k.startswith(MODEL_PREFIX)}
+    load_state_dict_strictly(
+        model, state, info.model, source,
+        fix=f"The checkpoint records architecture '{info.model}' with {info.num_classes} classes, which its weights are "
+        "not: it was edited or damaged. Use another checkpoint of the run, or re-create it from the weights with "
+        "`kdlens import --model <the architecture they were trained with>`.",
+    )
     return model.eval(), info
 
 
-def load_state_dict_strictly(model: nn.Module, state: dict[str, Any], architecture: str, source: str | Path) -> None:
+_NAME_THE_ARCHITECTURE = "Name the architecture the weights were trained with (and the number of classes they predict)."
+
+
+def load_state_dict_strictly(
+    model: nn.Module, state: dict[str, Any], architecture: str, source: str | Path, fix: str = _NAME_THE_ARCHITECTURE
+) -> None:
     """``model.load_state_dict(state)``, or one error naming the first missing and unexpected keys
     and shape mismatches, so that a checkpoint of another architecture is obvious."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mismatched = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" if isinstance(state[k], torch.Tensor) else f"{k} is a {type(state[k]).__name__}, not a tensor"
         for k, v in expected.items()
-        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape
+        if k in state and (not isinstance(state[k], torch.Tensor) or state[k].shape != v.shape)
     ]
     if missing or unexpected or mismatched:
         parts = [
@@ -318,7 +358,6 @@ def load_state_dict_strictly(model: nn.Module, state: dict[str, Any], architectu
             if keys
         ]
         raise CheckpointError(
-            f"the tensors in '{source}' do not fit architecture '{architecture}': {'; '.join(parts)}. "
-            "Name the architecture the weights were trained with (and the number of classes they predict)."
+            f"the tensors in '{source}' do not fit architecture '{architecture}': {'; '.join(parts)}. {fix}"
         )
     model.load_state_dict(state)

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from kdlens.config import ConfigError, ExperimentConfig, dump_config
+from kdlens.errors import OutputError
 from kdlens.io import atomic_write_text, write_json
 from kdlens.runs.results import CHECKPOINTS, RunResults
 
@@ -203,8 +204,12 @@ class RunFolder:
             return
         import fcntl
 
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / LOCK_FILE, "a+") as handle:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path / LOCK_FILE, "a+")
+        except OSError as err:
+            raise OutputError(self.path / LOCK_FILE, err) from None
+        with handle:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -214,10 +219,13 @@ class RunFolder:
                     f"'{self.path}' is in use by another run (PID {holder}): wait for it to end, or set "
                     "output_dir to another folder"
                 ) from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(str(os.getpid()))
-            handle.flush()
+            try:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(str(os.getpid()))
+                handle.flush()
+            except OSError as err:
+                raise OutputError(self.path / LOCK_FILE, err) from None
             yield
 
 

@@ -6,6 +6,7 @@ folder's :meth:`~kdlens.runs.layout.RunFolder.write_results` and ``read_results`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,48 @@ class CheckpointResults:
 
 
 @dataclass(frozen=True)
+class RunHealth:
+    """Signs of an exploding-but-finite run (:mod:`kdlens.training.health`): the largest ``|logit|``
+    the model produced on a training or validation batch, and the largest growth of its weights'
+    global L2 norm over the run (norm after an epoch / norm at the start); each flag says whether
+    its value crossed the threshold (``|logit|`` > 1e3, growth > 1e3×), ``exploded_epoch`` after
+    which epoch (counting from 1) that was first seen. A non-finite value is written as None."""
+
+    max_abs_logit: float | None = None
+    weight_norm_growth: float | None = None
+    exploding_logits: bool = False
+    exploding_weights: bool = False
+    exploded_epoch: int | None = None
+
+    @property
+    def exploding(self) -> bool:
+        """Whether the run's results are untrustworthy: logits or weights exploded."""
+        return self.exploding_logits or self.exploding_weights
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "exploding": self.exploding,
+            "exploding_logits": self.exploding_logits,
+            "exploding_weights": self.exploding_weights,
+            "exploded_epoch": self.exploded_epoch,
+            "max_abs_logit": _finite(self.max_abs_logit),
+            "weight_norm_growth": _finite(self.weight_norm_growth),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunHealth | None:
+        if not isinstance(data, dict):
+            return None
+        return cls(
+            max_abs_logit=_number(data.get("max_abs_logit")),
+            weight_norm_growth=_number(data.get("weight_norm_growth")),
+            exploding_logits=data.get("exploding_logits") is True,
+            exploding_weights=data.get("exploding_weights") is True,
+            exploded_epoch=_int(data.get("exploded_epoch")),
+        )
+
+
+@dataclass(frozen=True)
 class RunResults:
     """results.json of a finished run. Fields a file does not hold (an older or hand-made one)
     read as None; ``extra`` keeps top-level entries this version does not know."""
@@ -61,6 +104,8 @@ class RunResults:
     """Parameters of the loss terms' connectors (trained with the model, never exported)."""
     best: CheckpointResults = field(default_factory=CheckpointResults)
     last: CheckpointResults = field(default_factory=CheckpointResults)
+    health: RunHealth | None = None
+    """Whether the training exploded (None for results written before kdlens recorded it)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def checkpoint(self, which: str) -> CheckpointResults:
@@ -95,12 +140,13 @@ class RunResults:
             "connector_parameters": self.connector_parameters,
             "best": self.best.to_dict(),
             "last": self.last.to_dict(),
+            **({"health": self.health.to_dict()} if self.health is not None else {}),
             **self.extra,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunResults:
-        known = {"name", "model", "teacher", "train_seconds", "parameters", "connector_parameters", *CHECKPOINTS}
+        known = {"name", "model", "teacher", "train_seconds", "parameters", "connector_parameters", "health", *CHECKPOINTS}
         return cls(
             name=_str(data.get("name")),
             model=_str(data.get("model")),
@@ -110,12 +156,17 @@ class RunResults:
             connector_parameters=_int(data.get("connector_parameters")),
             best=CheckpointResults.from_dict(data.get("best")),
             last=CheckpointResults.from_dict(data.get("last")),
+            health=RunHealth.from_dict(data.get("health")),
             extra={k: v for k, v in data.items() if k not in known},
         )
 
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _int(value: Any) -> int | None:

@@ -19,6 +19,7 @@ from kdlens.distill.frozen import TEACHER_LOGITS
 from kdlens.models import FeatureTaps, get_model_spec
 from kdlens.runs.checkpoints import CheckpointInfo, write_training_checkpoint
 from kdlens.runs.layout import CHECKPOINTS_DIR, LAST
+from kdlens.training.health import STATE_KEY, HealthMonitor, logger
 from kdlens.training.recipes import build_optimizer, lr_factor, parameter_groups
 
 
@@ -58,6 +59,10 @@ class DistillationModule(L.LightningModule):
         self.checkpoint_info = checkpoint_info
         self.val_top1 = MulticlassAccuracy(num_classes, average="micro")
         self.val_agreement = MulticlassAccuracy(num_classes, average="micro") if teacher is not None else None
+        self.health = HealthMonitor()
+        self.saved_epochs: int | None = None
+        """Epochs completed (from 1) in the last checkpoint this run wrote or resumed from; None
+        while there is none."""
 
     def train(self, mode: bool = True) -> DistillationModule:
         # Lightning switches the whole module to train() around validation; the frozen teacher must
@@ -77,8 +82,10 @@ class DistillationModule(L.LightningModule):
         every term; the graph (logits and features still attached, from the tapped layers on) only
         exists when a term differentiates the teacher's activations. With frozen logits in the
         batch and nothing else needed, no teacher pass runs at all."""
+        if self.teacher is None:
+            return frozen_logits, {}, None
         needs_pass = frozen_logits is None or self.teacher_taps.paths or self.losses.needs_teacher_graph
-        if self.teacher is None or not needs_pass:
+        if not needs_pass:
             return frozen_logits, {}, None
         needs_graph = self.losses.needs_teacher_graph and torch.is_grad_enabled()
         with torch.set_grad_enabled(needs_graph), self.teacher_taps.grad_leaves(needs_graph):
@@ -105,20 +112,16 @@ class DistillationModule(L.LightningModule):
         )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, parts = self.losses(self._distill_batch(batch))
+        distill_batch = self._distill_batch(batch)
+        loss, parts = self.losses(distill_batch)
         if not torch.isfinite(loss):
             # Stop before the optimiser step so that no NaN reaches the weights or a checkpoint.
             terms = ", ".join(f"{name}={value.item():.4g}" for name, value in parts.items())
-            if self.current_epoch == 0:
-                kept = "No epoch had finished, so there is no checkpoint to resume: lower the learning rate or set " \
-                       "recipe.grad_clip_norm and start the run again."
-            else:
-                kept = f"{CHECKPOINTS_DIR}/{LAST} still holds the last good epoch. Lower the learning rate or set " \
-                       "recipe.grad_clip_norm, then continue with --resume."
             raise TrainingDiverged(
                 f"the loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step} ({terms}). "
-                f"The run stopped; {kept}"
+                f"The run stopped; {self._what_was_kept()}"
             )
+        self.health.observe(distill_batch.student_logits)
         self.log_dict({f"train/{name}": value for name, value in parts.items()}, on_step=True, on_epoch=True)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
@@ -126,12 +129,36 @@ class DistillationModule(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch["image"].contiguous(memory_format=self.memory_format), batch["label"]
         logits = self.model(images)
+        self.health.observe(logits)
         self.val_top1(logits, labels)
         self.log("val/top1", self.val_top1, on_epoch=True, prog_bar=True)
         self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True)
         if self.teacher is not None:
             self.val_agreement(logits.argmax(1), self.teacher(images).argmax(1))
             self.log("val/agreement", self.val_agreement, on_epoch=True)
+
+    def _what_was_kept(self) -> str:
+        """What a diverged run leaves behind, truthfully: the last checkpoint written (or resumed
+        from), or nothing at all."""
+        if self.saved_epochs is None:
+            return (
+                "nothing was saved, since no epoch had finished with a checkpoint, so there is nothing to resume. "
+                "Lower the learning rate (recipe.optimizer.lr) or set recipe.grad_clip_norm, check the data "
+                "(e.g. inputs that are not normalised, or broken images), and start the run again."
+            )
+        epochs = f"{self.saved_epochs} epoch{'' if self.saved_epochs == 1 else 's'} completed"
+        return (
+            f"{CHECKPOINTS_DIR}/{LAST} still holds the last good epoch ({epochs}). Lower the learning rate or set "
+            "recipe.grad_clip_norm, then continue with --resume."
+        )
+
+    def on_fit_start(self) -> None:
+        self.health.start(self.model)
+
+    def on_train_epoch_end(self) -> None:
+        warning = self.health.end_epoch(self.model, self.current_epoch + 1)
+        if warning is not None and self.trainer.is_global_zero:
+            logger.warning(warning)
 
     def teardown(self, stage: str) -> None:
         self.student_taps.close()
@@ -149,10 +176,15 @@ class DistillationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         val_metrics = {name: float(value) for name, value in self.trainer.callback_metrics.items() if name.startswith("val/")}
         write_training_checkpoint(checkpoint, self.checkpoint_info, val_metrics)
+        checkpoint[STATE_KEY] = self.health.state_dict()
+        self.saved_epochs = checkpoint["epoch"] + 1
         # The teacher comes from its own checkpoint; copying it into every student checkpoint only
         # wastes disk.
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.health.load_state_dict(checkpoint.get(STATE_KEY))
+        if isinstance(checkpoint.get("epoch"), int):
+            self.saved_epochs = checkpoint["epoch"] + 1
         if self.teacher is not None:
             checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})

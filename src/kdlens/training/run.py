@@ -15,7 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import default_collate
@@ -43,6 +43,8 @@ from kdlens.training.callbacks import RNGStateCallback
 from kdlens.training.checkpoints import AtomicCheckpointIO
 from kdlens.training.datamodule import BundleDataModule
 from kdlens.training.module import DistillationModule
+from kdlens.training.progress import RunProgress
+from kdlens.verbosity import library_output_hidden
 
 
 @dataclass
@@ -211,7 +213,10 @@ def trainer_arguments(trainer: TrainerConfig, recipe: RecipeConfig) -> dict[str,
 
 
 def build_trainer(config: ExperimentConfig, folder: RunFolder, callbacks: Sequence[Callback] = ()) -> L.Trainer:
-    """A Trainer writing best/last checkpoints (atomically) and CSV/TensorBoard logs into ``folder``."""
+    """A Trainer writing best/last checkpoints (atomically) and CSV/TensorBoard logs into ``folder``,
+    with kdlens's one-line progress display (:class:`RunProgress`, unless ``trainer.progress_bar``
+    is off or ``callbacks`` bring their own progress bar) and without Lightning's start-up chatter
+    (:func:`kdlens.verbosity.library_output_hidden`; ``kdlens --verbose`` shows it)."""
     # Two callbacks: Lightning's save_last only writes when a top-k checkpoint was written in the
     # same step, which would leave last.ckpt stale after an epoch without improvement.
     best, last = (folder.checkpoint(which) for which in CHECKPOINTS)
@@ -219,21 +224,24 @@ def build_trainer(config: ExperimentConfig, folder: RunFolder, callbacks: Sequen
         dirpath=best.parent, filename=best.stem, monitor="val/top1", mode="max", save_top_k=1, enable_version_counter=False
     )
     last_checkpoint = ModelCheckpoint(dirpath=last.parent, filename=last.stem, enable_version_counter=False)
-    return L.Trainer(
-        **trainer_arguments(config.trainer, config.recipe),
-        default_root_dir=folder.path,
-        # A new CSV version folder per attempt: CSVLogger would otherwise overwrite an interrupted
-        # attempt's metrics.csv on resume. TensorBoard appends event files by itself.
-        logger=[CSVLogger(folder.logs_dir, name=CSV_LOGS), TensorBoardLogger(folder.logs_dir, name=TENSORBOARD_LOGS, version="")],
-        callbacks=[best_checkpoint, last_checkpoint, RNGStateCallback(), *callbacks],
-        plugins=[AtomicCheckpointIO()],
-    )
+    progress = [RunProgress()] if config.trainer.progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks) else []
+    with library_output_hidden():
+        return L.Trainer(
+            **trainer_arguments(config.trainer, config.recipe),
+            default_root_dir=folder.path,
+            # A new CSV version folder per attempt: CSVLogger would otherwise overwrite an interrupted
+            # attempt's metrics.csv on resume. TensorBoard appends event files by itself.
+            logger=[CSVLogger(folder.logs_dir, name=CSV_LOGS), TensorBoardLogger(folder.logs_dir, name=TENSORBOARD_LOGS, version="")],
+            callbacks=[best_checkpoint, last_checkpoint, RNGStateCallback(), *progress, *callbacks],
+            plugins=[AtomicCheckpointIO()],
+        )
 
 
 def fit(trainer: L.Trainer, parts: Components, config: ExperimentConfig, folder: RunFolder, resume: bool) -> float:
-    """Train (from last.ckpt when resuming); the seconds it took."""
+    """Train (from last.ckpt when resuming); the seconds it took. Lightning's own log lines and
+    the libraries' warnings are hidden unless ``kdlens --verbose`` (kdlens's warnings always show)."""
     started = time.perf_counter()
-    with warnings.catch_warnings():
+    with library_output_hidden(), warnings.catch_warnings():
         # The frozen teacher is in eval mode on purpose.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
         trainer.fit(
@@ -249,7 +257,8 @@ def fit(trainer: L.Trainer, parts: Components, config: ExperimentConfig, folder:
 
 def evaluate_run(config: ExperimentConfig, parts: Components, folder: RunFolder, train_seconds: float) -> RunResults:
     """The run's results: test-split reports of the best-on-val and the last checkpoint, with the
-    epochs they come from, and the run's sizes."""
+    epochs they come from, the run's sizes and its health (whether logits or weights exploded:
+    :mod:`kdlens.training.health`)."""
     models, states = {}, {}
     for which in CHECKPOINTS:
         path = folder.checkpoint(which)
@@ -271,4 +280,5 @@ def evaluate_run(config: ExperimentConfig, parts: Components, folder: RunFolder,
         parameters=count_parameters(parts.model),
         connector_parameters=count_parameters(parts.losses),
         **evaluated,  # best and last
+        health=parts.module.health.results(),
     )
