@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kdlens.config import validate_config
-from kdlens.evaluation import collect_report_data, evaluate_checkpoints
+from kdlens.config import ConfigError, ExperimentConfig, validate_config
+from kdlens.data import DataConfigBase, build_data
+from kdlens.evaluation import collect_report_data, predict_splits, resolve_device, split_reports
 from kdlens.io import atomic_write_text, rows_to_csv, write_json
 from kdlens.report.build import write_report
 from kdlens.report.tables import flatten_report, format_table
-from kdlens.runs.layout import RunFolder
+from kdlens.runs.checkpoints import load_model
+from kdlens.runs.layout import RunFolder, RunFolderError
 from kdlens.training.run import run_experiment
 
 SHORTCUT = 0.95
@@ -32,7 +34,8 @@ def demo_configs(out: Path, epochs: int, teacher_epochs: int) -> dict[str, dict[
         "optimizer": {"name": "adam", "lr": 3e-3},
         "schedule": {"name": "cosine", "warmup_epochs": 1},
     }
-    trainer = {"progress_bar": True, "log_every_n_steps": 10}  # one progress line per run, nothing else
+    # One progress line per run. Channels-last convolutions: the same training, ~10% faster on a CPU.
+    trainer = {"progress_bar": True, "log_every_n_steps": 10, "channels_last": True}
     teacher = {"name": "resnet20", "checkpoint": str(RunFolder(out / "teacher").best)}
     student_data = {**data, "shortcut": SHORTCUT}
     kd = [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 4.0}]
@@ -82,9 +85,7 @@ def run_demo(out: Path, epochs: int = 8, teacher_epochs: int = 10, log=print, de
         run = run_experiment(config, resume=folders[name].resumable)
         log(f"[{name}] done in {run.results.train_seconds:.0f}s, best val top-1 {run.results.best.val_top1:.3f}")
 
-    student_config = configs["kd"]
-    reports = evaluate_checkpoints({name: folder.best for name, folder in folders.items()}, student_config.data,
-                                   teacher=folders["teacher"].best, device=device)
+    reports = evaluate_demo(configs, folders, configs["kd"].data, device)
     rows = [{"model": name, **flatten_report(report)} for name, report in reports.items()]
     results = {
         "shortcut": SHORTCUT,
@@ -102,3 +103,46 @@ def run_demo(out: Path, epochs: int = 8, teacher_epochs: int = 10, log=print, de
     report = write_report(report_data, out / "report.html")
     log(f"report: {report}")
     return results
+
+
+def evaluate_demo(configs: dict[str, ExperimentConfig], folders: dict[str, RunFolder], data: DataConfigBase,
+                  device: Any = None) -> dict[str, dict[str, dict]]:
+    """``{run: {split: report}}`` of every run's best checkpoint on the students' data, against the
+    teacher: what :func:`kdlens.evaluation.evaluate_checkpoints` gives, with the teacher's
+    predictions computed once (the teacher's own row agrees with itself), and each distilled
+    student's report read from its run, which evaluated exactly this (the same data and teacher
+    checkpoint) when it ended, unless the teacher has been retrained since."""
+    device = resolve_device(device)
+    bundle = build_data(data)
+    teacher_folder = folders["teacher"]
+    teacher, _ = load_model(teacher_folder.best)
+    teacher_predictions = predict_splits(teacher.to(device), bundle, data, device)
+    reports = {"teacher": split_reports(teacher_predictions, teacher_predictions, bundle.group_names)}
+    for name, folder in folders.items():
+        if name == "teacher":
+            continue
+        stored = _stored_report(configs[name], folder, data, teacher_folder, ["test", *bundle.extra_splits])
+        if stored is None:
+            model, _ = load_model(folder.best)
+            stored = split_reports(predict_splits(model.to(device), bundle, data, device), teacher_predictions,
+                                   bundle.group_names)
+        reports[name] = stored
+    return reports
+
+
+def _stored_report(config: ExperimentConfig, folder: RunFolder, data: DataConfigBase, teacher: RunFolder,
+                   splits: list[str]) -> dict[str, dict] | None:
+    """The best checkpoint's report (on ``splits``) from the run's results.json, when the run was
+    evaluated on ``data`` against ``teacher``'s current best checkpoint; else None."""
+    if config.teacher is None or config.data != data or config.teacher.checkpoint != str(teacher.best):
+        return None
+    try:
+        saved = validate_config(folder.read_config())
+        if saved.data != data or saved.teacher is None or saved.teacher.checkpoint != str(teacher.best):
+            return None
+        if folder.results_file.stat().st_mtime < teacher.best.stat().st_mtime:  # the teacher was retrained since
+            return None
+        stored = folder.read_results().best.splits
+    except (ConfigError, RunFolderError, OSError):
+        return None
+    return {split: stored[split] for split in splits} if set(splits) <= set(stored) else None

@@ -298,11 +298,15 @@ class Transforms:
 def make_transforms(mean: Sequence[float], std: Sequence[float], train_ops: Sequence[v2.Transform],
                     eval_ops: Sequence[v2.Transform] = ()) -> Transforms:
     """Geometric ops, then to float in [0, 1] and normalise. v2 transforms move a sample's image
-    and mask together, so one random crop/flip applies to both."""
+    and mask together, so one random crop/flip applies to both. Composed by
+    :class:`~kdlens.data.fast_compose.FastCompose`: v2's results without most of its per-sample
+    overhead."""
     from torchvision.transforms import v2
 
+    from kdlens.data.fast_compose import FastCompose
+
     tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    return Transforms(train=v2.Compose([*train_ops, *tail]), eval=v2.Compose([*eval_ops, *tail]))
+    return Transforms(train=FastCompose([*train_ops, *tail]), eval=FastCompose([*eval_ops, *tail]))
 
 
 def train_val_test(cfg: DataConfigBase, train_source: SampleSource, test_source: SampleSource,
