@@ -8,8 +8,12 @@ table with mean ± std over seeds to docs/benchmarks/<part>.
 A spec holds ``teachers`` (name → experiment config), ``student`` (the config every row starts
 from), and ``rows``: each a ``row`` title, optionally a ``teacher`` (a name from ``teachers``)
 and an ``explainer``, and config sections that replace the student's (``losses``, ``model``,
-``recipe`` ...). ``columns`` picks the table's columns from :data:`COLUMN_NOTES`, and the
-explanation metrics in ``metrics`` (registry names) are columns too.
+``recipe``, ``data`` ...). A row is evaluated on the data it was trained on (un-augmented) unless
+it names other ``evaluation_data`` (e.g. a shortcut-free ceiling evaluated on the biased data);
+teachers on the student's. ``columns`` picks the table's columns from :data:`COLUMN_NOTES`, and
+the explanation metrics in ``metrics`` (registry names) are columns too; they are computed on the
+first ``explain_n`` images of ``explain_split`` (default ``test``), and left empty for data
+without the mask a metric needs.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from torch.utils.data import DataLoader, Subset
 
 from kdlens.config import validate_config, validate_data_config
 from kdlens.data import build_data
+from kdlens.data.common import MASK_KEYS
 from kdlens.evaluation import (
     aggregate_scores,
     evaluate_explanations,
@@ -48,8 +53,9 @@ COLUMN_NOTES = {
     "best top-1": "test top-1 of the checkpoint with the best validation top-1",
     "last top-1": "test top-1 after the last epoch (for a teacher: on its own training data)",
     "in-distribution top-1": "test top-1 where the background agrees with the class at the training rate",
-    "shifted top-1": "top-1 where background and class are independent",
-    "worst-group": "lowest top-1 over the (class × background) groups of the shifted split",
+    "shifted top-1": "top-1 where the shortcut colour and the class are independent",
+    "worst-group": "lowest top-1 over the (class × shortcut colour) groups of the shifted split",
+    "shortcut gap": "shifted split: top-1 where the shortcut colour agrees with the class minus top-1 where it does not",
     "agreement": "fraction of test images where student and teacher predict the same class",
     "KL(t‖s)": "KL(teacher ‖ student) of the softmax outputs, mean over the test images",
     "ECE": "expected calibration error, 10 bins, test split",
@@ -60,7 +66,9 @@ ALIASES = {"in-distribution top-1": "best top-1"}
 EVALUATION_FILE = "table_evaluation.json"
 SPEC_KEYS = {"title", "description", "output_dir", "part", "seeds", "explain_n", "explainer", "metrics", "columns",
              "teachers", "student", "rows"}
-OPTIONAL_SPEC_KEYS = {"teacher_explainers"}
+OPTIONAL_SPEC_KEYS = {"teacher_explainers", "explain_split"}
+ROW_KEYS = {"row", "teacher", "explainer", "evaluation_data"}
+"""Row keys that are not config sections."""
 
 
 def slug(text: str) -> str:
@@ -92,6 +100,8 @@ class Timings:
         started = time.perf_counter()
         results = run_experiment(config, resume=resume).results
         key = str(config.run_dir)
+        # Re-read first: another table process over the same runs may have added its own runs' times.
+        self.seconds = {**(json.loads(self.path.read_text()) if self.path.exists() else {}), **self.seconds}
         self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - started
         write_json(self.path, self.seconds)
         return results
@@ -112,7 +122,7 @@ def train_teachers(spec: dict[str, Any], out: Path, timings: Timings) -> dict[st
 
 def row_config(spec: dict[str, Any], row: dict[str, Any], teachers: dict[str, Path]) -> dict[str, Any]:
     """The row's experiment config; ``teachers``: teacher name → its checkpoint."""
-    sections = {k: v for k, v in row.items() if k not in ("row", "teacher", "explainer")}
+    sections = {k: v for k, v in row.items() if k not in ROW_KEYS}
     raw = {**json.loads(json.dumps(spec["student"])), **sections, "name": slug(row["row"])}
     if "teacher" in row:
         checkpoint = teachers[row["teacher"]]
@@ -120,17 +130,29 @@ def row_config(spec: dict[str, Any], row: dict[str, Any], teachers: dict[str, Pa
     return raw
 
 
+def evaluation_data(spec: dict[str, Any], row: dict[str, Any] | None) -> dict[str, Any]:
+    """The data section a row (None: a teacher) is evaluated on."""
+    if row is None:
+        return spec["student"]["data"]
+    return row.get("evaluation_data", row.get("data", spec["student"]["data"]))
+
+
 class Evaluator:
-    """Evaluates checkpoints on the students' test (and extra) splits through :mod:`kdlens.evaluation`
+    """Evaluates checkpoints on one data config's test (and extra) splits through :mod:`kdlens.evaluation`
     (on ``device``: CUDA when present); the teacher's predictions and maps are computed once per teacher."""
 
-    def __init__(self, spec: dict[str, Any], device: str | None = None) -> None:
+    def __init__(self, spec: dict[str, Any], data: dict[str, Any], device: str | None = None) -> None:
         self.device = resolve_device(device)
-        self.data_config = validate_data_config({**spec["student"]["data"], "augment": False})
+        self.data_config = validate_data_config({**data, "augment": False})
         self.bundle = build_data(self.data_config)
-        self.split = Subset(self.bundle.test, range(min(spec["explain_n"], len(self.bundle.test))))
-        self.masks = next(iter(DataLoader(self.split, batch_size=len(self.split)))).get("mask")
-        self.metrics = create_metrics(spec["metrics"])
+        split_name = spec.get("explain_split", "test")
+        split = self.bundle.test if split_name == "test" else self.bundle.extra_splits[split_name]
+        self.split = Subset(split, range(min(spec["explain_n"], len(split))))
+        first = next(iter(DataLoader(self.split, batch_size=len(self.split))))
+        self.mask_shares = {key: first[key].float().mean().item() for key in MASK_KEYS if key in first}
+        # Metrics scoring against a mask this data lacks (a decoy on data without one) stay empty.
+        self.metrics = {name: metric for name, metric in create_metrics(spec["metrics"]).items()
+                        if "mask" not in metric.requires or metric.mask_key in first}
         self._teachers: dict[Path, tuple] = {}
 
     def explain(self, model, explainer: str, metrics: dict, target: str = "pred", teacher=None):
@@ -150,7 +172,8 @@ class Evaluator:
         started = time.perf_counter()
         model = load_model(checkpoint)[0].to(self.device)
         predictions = predict_splits(model, self.bundle, self.data_config, self.device)
-        reports = split_reports(predictions, teacher[1] if teacher else None, self.bundle.group_names)
+        reports = split_reports(predictions, teacher[1] if teacher else None, self.bundle.group_names,
+                                self.bundle.aligned_groups)
         test = reports["test"]
         result = {
             "best top-1": test["top1"],
@@ -160,7 +183,9 @@ class Evaluator:
             "ECE": expected_calibration_error(predictions["test"].logits, predictions["test"].labels, 10),
         }
         if "shifted" in reports:
-            result |= {"shifted top-1": reports["shifted"]["top1"], "worst-group": reports["shifted"]["worst_group_accuracy"]}
+            shifted = reports["shifted"]
+            result |= {"shifted top-1": shifted["top1"], "worst-group": shifted["worst_group_accuracy"],
+                       "shortcut gap": shifted.get("shortcut_gap")}
         scores = self.explain(model, explainer, self.metrics).scores
         result |= {row["metric"]: row["mean"] for row in aggregate_scores(scores, list(self.metrics))}
         if teacher:
@@ -205,13 +230,25 @@ def main(argv: list[str] | None = None) -> None:
         runs = plan_sweep(row_config(spec, row, {name: folder.best for name, folder in teachers.items()}), [], spec["seeds"], row_dir)
         run_sweep(runs, row_dir, timings.train)
         row_runs.append((row, runs))
+    unfinished = [str(run.config.run_dir) for _, runs in row_runs for run in runs if not RunFolder(run.config.run_dir).finished]
+    if unfinished:  # held by another process (run_sweep skipped them): evaluate once they are done
+        raise SystemExit(f"{len(unfinished)} runs are being trained by another process ({', '.join(unfinished[:3])} ...): "
+                         "run the table again when they have finished")
 
-    evaluator = Evaluator(spec, args.device)
-    settings = {k: spec[k] for k in ("student", "explain_n", "metrics")}
+    evaluators: dict[str, Evaluator] = {}
+
+    def evaluator_for(data: dict[str, Any]) -> Evaluator:
+        key = json.dumps(data, sort_keys=True)
+        if key not in evaluators:
+            evaluators[key] = Evaluator(spec, data, args.device)
+        return evaluators[key]
+
+    settings = {k: spec.get(k) for k in ("explain_n", "metrics", "explain_split")}
     table, warnings = [], []
     for name, folder in teachers.items():
         explainer = teacher_explainer(spec, name)
-        result = cached_evaluation(folder.path, {**settings, "explainer": explainer},
+        evaluator = evaluator_for(evaluation_data(spec, None))
+        result = cached_evaluation(folder.path, {**settings, "data": evaluation_data(spec, None), "explainer": explainer},
                                    lambda: evaluator.evaluate(folder.best, explainer, None, last_top1(folder)))
         table.append(table_row(f"teacher ({name})", explainer, [result], spec, [str(folder.path)], timings))
         chance = 1 / evaluator.bundle.num_classes
@@ -220,21 +257,22 @@ def main(argv: list[str] | None = None) -> None:
                             f"{chance:.3f}): the rows distilled from it say nothing about their method.")
     for row, runs in row_runs:
         explainer = row.get("explainer", spec["explainer"])
+        data = evaluation_data(spec, row)
 
-        def evaluate(run_dir: Path, row: dict = row, explainer: str = explainer) -> dict[str, float]:
+        def evaluate(run_dir: Path, row: dict = row, explainer: str = explainer, data: dict = data) -> dict[str, float]:
             # The teacher's outputs are computed (once) only when a run of its rows is not evaluated yet.
+            evaluator = evaluator_for(data)
             teacher = evaluator.teacher(teachers[row["teacher"]].best, teacher_explainer(spec, row["teacher"])) if "teacher" in row else None
             folder = RunFolder(run_dir)
             return evaluator.evaluate(folder.best, explainer, teacher, last_top1(folder))
 
         results = [
-            cached_evaluation(run.config.run_dir, {**settings, "explainer": explainer, "teacher": row.get("teacher")},
+            cached_evaluation(run.config.run_dir, {**settings, "data": data, "explainer": explainer, "teacher": row.get("teacher")},
                               lambda run_dir=run.config.run_dir: evaluate(run_dir))
             for run in runs
         ]
         table.append(table_row(row["row"], explainer, results, spec, [str(r.config.run_dir) for r in runs], timings))
-    mask_share = None if evaluator.masks is None else evaluator.masks.float().mean().item()
-    write_part(spec, table, warnings, time.perf_counter() - started, mask_share)
+    write_part(spec, table, warnings, time.perf_counter() - started, evaluator_for(evaluation_data(spec, None)).mask_shares)
 
 
 def teacher_explainer(spec: dict[str, Any], name: str) -> str:
@@ -251,16 +289,18 @@ def table_row(title: str, explainer: str, results: list[dict], spec: dict[str, A
     return row
 
 
-def write_part(spec: dict[str, Any], table: list[dict], warnings: list[str], wall_seconds: float, mask_share: float | None) -> None:
+def write_part(spec: dict[str, Any], table: list[dict], warnings: list[str], wall_seconds: float,
+               mask_shares: dict[str, float]) -> None:
     train_minutes = sum(r.pop("_train_seconds") for r in table) / 60
     evaluation_minutes = sum(r.pop("_evaluation_seconds") for r in table) / 60
     if len({r["explainer"] for r in table}) == 1:  # one explainer for all: said once, below the table
         for r in table:
             del r["explainer"]
     notes = [f"- {c}: {COLUMN_NOTES[c] if c in COLUMN_NOTES else metric_note(c)}" for c in spec["columns"]]
-    if mask_share is not None:
-        notes.append(f"- The masks cover {mask_share:.1%} of the explained images: the mass a map spread "
-                     "evenly would put inside them (the chance level of energy_pointing_game).")
+    for key, share in mask_shares.items():
+        what = "The shape masks" if key == "mask" else "The decoy masks"
+        notes.append(f"- {what} cover {share:.1%} of the explained images (of the student data): the mass a map "
+                     "spread evenly would put inside them (the chance level of the energy metrics).")
     text = "\n".join([
         f"# {spec['title']}",
         "",
@@ -268,7 +308,8 @@ def write_part(spec: dict[str, Any], table: list[dict], warnings: list[str], wal
         "",
         f"Spec: `{spec['source']}`; regenerate with `python benchmarks/tables.py {spec['source']}`. "
         f"Mean ± sample std over {spec['seeds']} seeds (a teacher is one run). Explanations "
-        f"({spec['explainer']} unless a row names another): first {spec['explain_n']} test images.",
+        f"({spec['explainer']} unless a row names another): first {spec['explain_n']} "
+        f"{spec.get('explain_split', 'test')} images.",
         "",
         markdown_table(table),
         "",

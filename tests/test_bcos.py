@@ -82,7 +82,7 @@ def contributions(model: BcosResNet, images: torch.Tensor, classes: torch.Tensor
     return (weights * encoded).sum(dim=(1, 2, 3)), logits.detach()
 
 
-@pytest.mark.parametrize("name", ["bcos_resnet8", "bcos_resnet20", "bcos_resnet8x4"])
+@pytest.mark.parametrize("name", ["bcos_resnet8", "bcos_resnet20", "bcos_resnet8x4", "bcos_v2_resnet8"])
 def test_explanation_mode_contributions_sum_to_the_logit(name):
     model = create_model(name, num_classes=5).eval()
     model.set_input_normalization([0.5, 0.4, 0.3], [0.2, 0.25, 0.5])
@@ -142,3 +142,35 @@ def test_a_few_sgd_steps_on_shapes_lower_the_loss():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_max_out_keeps_the_larger_of_each_outputs_rows():
+    from kdlens.models.bcos import BcosConv2d, BcosLinear
+
+    conv = BcosConv2d(3, 2, 1, max_out=2, b=1.0)  # B = 1: the unit is linear, so the max is visible directly
+    assert conv.weight.shape == (4, 3, 1, 1)
+    x = torch.randn(2, 3, 4, 4)
+    rows = torch.nn.functional.conv2d(x, torch.nn.functional.normalize(conv.weight.flatten(1), dim=1)[:, :, None, None])
+    expected = torch.maximum(rows[:, 0::2], rows[:, 1::2])  # rows 2k and 2k+1 belong to output k
+    torch.testing.assert_close(conv(x), expected, rtol=1e-4, atol=1e-5)
+    linear = BcosLinear(3, 2, max_out=3, b=1.0)
+    v = torch.randn(5, 3)
+    rows = v @ torch.nn.functional.normalize(linear.weight, dim=1).T
+    torch.testing.assert_close(linear(v), rows.unflatten(1, (2, 3)).amax(2), rtol=1e-4, atol=1e-5)
+
+
+def test_bce_term_with_logit_bias_and_temperature_by_hand():
+    import math
+
+    from kdlens.distill.base import DistillBatch
+    from kdlens.distill.kd import BCEConfig, BinaryCrossEntropy
+
+    logits, labels = torch.tensor([[0.5, -1.0, 2.0], [0.0, 1.0, -0.5]]), torch.tensor([2, 0])
+    batch = DistillBatch(torch.zeros(2, 3, 4, 4), labels, logits, None)
+    z = logits / 2.0 - math.log(2)  # temperature 2, bias −log(C − 1) for C = 3
+    targets = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    by_hand = -(targets * torch.log(torch.sigmoid(z)) + (1 - targets) * torch.log(1 - torch.sigmoid(z))).mean()
+    term = BinaryCrossEntropy(BCEConfig(logit_temperature=2.0))
+    torch.testing.assert_close(term(batch), by_hand)
+    no_bias = BinaryCrossEntropy(BCEConfig(logit_bias=None))(batch)
+    torch.testing.assert_close(no_bias, torch.nn.functional.binary_cross_entropy_with_logits(logits, targets))

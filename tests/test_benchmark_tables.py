@@ -55,18 +55,25 @@ def test_an_unknown_column_or_key_is_refused_with_the_choices(tmp_path):
 
 
 def tiny_spec(tmp_path: Path) -> Path:
-    data = {"name": "shapes", "num_classes": 3, "image_size": 16, "train_size": 96, "test_size": 48, "batch_size": 32}
+    data = {"name": "shapes", "num_classes": 3, "image_size": 16, "train_size": 96, "test_size": 48, "batch_size": 32,
+            "shortcut_kind": "patch", "patch_size": 4}
     recipe = {"epochs": 1, "optimizer": {"name": "adam", "lr": 0.003}, "schedule": {"name": "cosine", "warmup_epochs": 0}}
     trainer = {"progress_bar": False, "log_every_n_steps": 1}
+    student_data = {**data, "shortcut": 0.9}
+    colour = {**student_data, "shortcut_kind": "background"}
     spec = {
         "title": "Tiny table", "description": "A test.", "output_dir": str(tmp_path / "runs"), "part": "tiny.md",
-        "seeds": 2, "explain_n": 16, "explainer": "gradcam", "metrics": ["energy_pointing_game"],
-        "columns": ["in-distribution top-1", "shifted top-1", "agreement", "explanation cosine", "energy_pointing_game"],
+        "seeds": 2, "explain_n": 16, "explain_split": "shifted", "explainer": "gradcam",
+        "metrics": ["energy_pointing_game", "decoy_energy"],
+        "columns": ["in-distribution top-1", "shifted top-1", "shortcut gap", "agreement", "explanation cosine",
+                    "energy_pointing_game", "decoy_energy"],
         "teachers": {"resnet8": {"data": data, "model": {"name": "resnet8"}, "recipe": recipe, "trainer": trainer}},
-        "student": {"data": {**data, "shortcut": 0.9}, "model": {"name": "resnet8"}, "recipe": recipe, "trainer": trainer},
+        "student": {"data": student_data, "model": {"name": "resnet8"}, "recipe": recipe, "trainer": trainer},
         "rows": [
             {"row": "scratch", "losses": [{"name": "ce"}]},
             {"row": "KD", "teacher": "resnet8", "losses": [{"name": "kd", "temperature": 4.0}]},
+            {"row": "ceiling", "data": data, "evaluation_data": student_data, "losses": [{"name": "ce"}]},
+            {"row": "colour scratch", "data": colour, "losses": [{"name": "ce"}]},
         ],
     }
     path = tmp_path / "tiny.yaml"
@@ -81,14 +88,18 @@ def test_a_tiny_table_is_trained_evaluated_and_then_reused(tmp_path, monkeypatch
 
     part = (tmp_path / "docs" / "benchmarks" / "tiny.md").read_text()
     lines = {line.split(" | ")[0].strip("| "): line for line in part.splitlines() if line.startswith("| ")}
-    assert set(lines) >= {"teacher (resnet8)", "scratch", "KD"}
-    assert lines["KD"].count("±") == 5  # every column aggregated over the two seeds
+    assert set(lines) >= {"teacher (resnet8)", "scratch", "KD", "ceiling", "colour scratch"}
+    assert lines["KD"].count("±") == 7  # every column aggregated over the two seeds
+    assert lines["ceiling"].count("±") == 5  # evaluated on the biased data: no teacher columns
+    assert lines["colour scratch"].count("±") == 4  # no decoy on colour data: no decoy_energy either
     assert " | 2 | " in lines["scratch"] and " | 1 | " in lines["teacher (resnet8)"]
     assert "–" in lines["scratch"]  # no agreement or explanation cosine without a teacher
-    assert "chance level of energy_pointing_game" in part and "min of training" in part
+    assert "chance level of the energy metrics" in part and "The decoy masks cover" in part and "min of training" in part
     runs = tmp_path / "runs"
     timings = json.loads((runs / "timings.json").read_text())
-    assert len(timings) == 1 + 2 * 2  # the teacher and two rows × two seeds, each trained once
+    assert len(timings) == 1 + 4 * 2  # the teacher and four rows × two seeds, each trained once
+    ceiling = json.loads((runs / "ceiling" / "base" / "seed0" / tables.EVALUATION_FILE).read_text())["result"]
+    assert ceiling["shifted top-1"] is not None and ceiling["decoy_energy"] is not None  # the biased data's shifted split
     teacher_top1 = json.loads((runs / "teachers" / "resnet8" / tables.EVALUATION_FILE).read_text())["result"]["best top-1"]
     assert ("Teacher resnet8 did not learn" in part) == (teacher_top1 < 1.5 / 3)
     kd_seed0 = json.loads((runs / "kd" / "base" / "seed0" / tables.EVALUATION_FILE).read_text())["result"]

@@ -62,3 +62,17 @@ def test_frozen_teacher_runs_without_teacher_passes_and_reuses_its_cache(tmp_pat
     other_data["data"] = {**other_data["data"], "seed": 1}
     run_experiment(validate_config(other_data))
     assert len(list(default_cache_dir().glob("*.pt"))) == 4  # another dataset: new entries
+
+
+def test_offline_kd_trains_on_frozen_logits_without_teacher_passes(tmp_path, teacher_checkpoint, monkeypatch):
+    monkeypatch.setenv("KDLENS_CACHE", str(tmp_path / "cache"))
+    sections = {
+        "teacher": {"name": "resnet8", "checkpoint": str(teacher_checkpoint)},
+        "losses": [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "frozen_teacher": True}],
+        "recipe": {"epochs": 1},
+    }
+    counter = CountTeacherCallsInTrainingSteps()
+    run = run_experiment(validate_config(tiny_experiment(tmp_path / "offline", **sections)), callbacks=[counter])
+    assert counter.calls == 0
+    assert len(list(default_cache_dir().glob("*.pt"))) == 1  # the logits only: no explanation was computed
+    assert run.results.best.val_top1 is not None

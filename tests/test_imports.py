@@ -66,12 +66,13 @@ def test_the_runs_layer_and_the_explainer_registry_stay_light():
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("kdlens.registry", "kdlens.errors", "kdlens.io", "kdlens.aggregate", "kdlens.verbosity")),
-    ("config", ("kdlens.config", "kdlens.device")),
+    ("config", ("kdlens.config", "kdlens.device", "kdlens.engine")),
     ("data/models", ("kdlens.data", "kdlens.models")),
     ("distill/explain", ("kdlens.distill", "kdlens.explain")),
     ("metrics", ("kdlens.metrics",)),
     ("runs", ("kdlens.runs",)),
     ("training", ("kdlens.training",)),
+    ("launch", ("kdlens.launch",)),
     ("evaluation", ("kdlens.evaluation",)),
     ("report", ("kdlens.report",)),
     ("interfaces", ("kdlens.cli", "kdlens.__main__", "kdlens.demo", "kdlens.export")),

@@ -42,6 +42,7 @@ EXPECTED_MODELS = {
     "mobilenet_v2",
     "mobilenet_v3_small",
     *(f"bcos_{base}" for base in ("resnet8", "resnet20", "resnet56", "resnet8x4", "resnet32x4")),
+    "bcos_v2_resnet8",  # MaxOut; the other bcos_v2_ depths and widths are the bcos_ ones above
 }
 
 # Millions of parameters with a 100-class head, as published for the CIFAR-100 benchmarks.
@@ -96,7 +97,8 @@ def eval_model(name: str, num_classes: int = 100, in_channels: int = 3) -> nn.Mo
 
 
 def test_registry_holds_every_model() -> None:
-    assert set(list_models()) == EXPECTED_MODELS
+    v2 = {f"bcos_v2_{base}" for base in ("resnet20", "resnet56", "resnet8x4", "resnet32x4")}
+    assert set(list_models()) == EXPECTED_MODELS | v2
 
 
 @pytest.mark.parametrize("name", sorted(MAP_MODELS))

@@ -70,3 +70,38 @@ def test_summary_reports_each_metric_the_runs_have(tmp_path, teacher_checkpoint)
     (row,) = summarise(runs)
     assert row["seeds"] == 2 and row["best top-1"] == mean_std([0.5, 0.6]) and row["agreement"] == mean_std([0.9, 0.9])
     assert "worst-group" not in row
+
+
+HOLDER = """
+import sys, time
+from kdlens.runs import RunFolder
+with RunFolder(sys.argv[1]).lock():
+    print("holding", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_run_another_process_takes_after_planning_is_skipped_not_failed(tmp_path):
+    """Two launchers over one root: the second may find a run free when it plans and taken when it
+    gets to it. It goes on with the others and leaves the run's record to its owner."""
+    import subprocess
+    import sys
+
+    from kdlens.config import validate_config
+    from kdlens.runs import RunFolder
+    from kdlens.training.sweep import LocalLauncher, SweepRun
+
+    runs = [SweepRun({}, seed, validate_config(tiny_experiment(tmp_path / f"seed{seed}", seed=seed))) for seed in (0, 1)]
+    taken = RunFolder(runs[0].config.run_dir)
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(taken.path)], stdout=subprocess.PIPE, text=True)
+    trained, lines = [], []
+    try:
+        assert child.stdout.readline().strip() == "holding"
+        LocalLauncher(lambda config, resume: trained.append(config.seed)).launch(
+            [(f"run{run.seed}", run) for run in runs], lines.append)
+    finally:
+        child.kill()
+        child.wait()
+    assert trained == [1]
+    assert lines[0] == f"run0: running in another process (PID {child.pid}), skipped"
+    assert "error" not in taken.read_launch()

@@ -32,11 +32,20 @@ Device = Annotated[Optional[str], typer.Option("--device", help="device the mode
 @app.callback()
 def _global_options(
     verbose: Annotated[bool, typer.Option("--verbose", help="also show the libraries' own output (Lightning's start-up and status lines, their warnings, torch.onnx's export steps)")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="how forward-only passes run (metric sweeps, perturbation explainers, evaluation, frozen-teacher outputs): auto (the fastest backend that reproduces the logits, measured), eager, folded, jit, onnxruntime or compile")] = "auto",
 ) -> None:
     """Explainable knowledge distillation: train, distil, evaluate."""
+    from kdlens.engine import BACKENDS
     from kdlens.verbosity import set_verbose
 
     set_verbose(verbose)
+    if engine not in BACKENDS:
+        typer.echo(f"Error: unknown --engine '{engine}': choose one of {', '.join(BACKENDS)}", err=True)
+        raise typer.Exit(2)
+    if engine != "auto":
+        from kdlens.engine import set_default_backend
+
+        set_default_backend(engine)
 
 
 def _user_errors(command):
@@ -124,30 +133,82 @@ def distill(config: ConfigPath, overrides: Overrides = None, resume: Resume = Fa
 @app.command()
 @_user_errors
 def sweep(
-    config: ConfigPath,
+    config: Annotated[Optional[Path], typer.Argument(help="experiment YAML file")] = None,
     overrides: Overrides = None,
     grid: Annotated[Optional[list[str]], typer.Option(help="key=v1,v2 or key1,key2=a1:a2,b1:b2 (repeatable)")] = None,
     seeds: Annotated[int, typer.Option(min=1, help="independently seeded runs per grid point")] = 1,
     out: Annotated[Optional[Path], typer.Option(help="sweep folder; default runs/<name>-sweep")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the planned runs and exit")] = False,
+    launcher: Annotated[str, typer.Option(help="local: one run after another here; pool: --workers runs at a time here, each in its own process; slurm: one Slurm job per run (submitit, the cluster extra)")] = "local",
+    workers: Annotated[Optional[int], typer.Option(min=1, help="--launcher pool: runs at a time (CPU threads divided between them, one GPU each when there are GPUs)")] = None,
+    slurm: Annotated[Optional[list[str]], typer.Option("--slurm", help="--launcher slurm: a job option key=value (partition, time, gpus_per_node, nodes, cpus_per_task, mem, account, qos, requeues), over the config's slurm section (repeatable)")] = None,
+    status: Annotated[Optional[Path], typer.Option("--status", metavar="DIR", help="show each run of the sweep in DIR as pending, running, finished or failed, and exit")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the planned runs (with --launcher slurm: each job's submitit parameters) and exit")] = False,
 ) -> None:
-    """Train every grid point × seed (skipping finished runs, resuming interrupted ones) and write
-    summary.csv / summary.md with mean ± std over seeds."""
+    """Train every grid point × seed (skipping finished runs and runs another process is training,
+    resuming interrupted ones) and write summary.csv / summary.md with mean ± std over the seeds
+    that finished."""
     from kdlens.config import read_raw_config
+    from kdlens.launch import LAUNCHERS
     from kdlens.report.tables import format_table
-    from kdlens.training.run import run_experiment
-    from kdlens.training.sweep import SUMMARY_FILES, default_sweep_dir, parse_axis, plan_sweep, run_sweep
+    from kdlens.training.sweep import SUMMARY_FILES, default_sweep_dir, parse_axis, plan_sweep, run_sweep, sweep_status
+    from kdlens.verbosity import is_verbose
 
-    raw = read_raw_config(config, overrides or [])
+    if status is not None:
+        if config is not None:
+            raise UserError("--status DIR shows a sweep's runs: give it without a config file")
+        rows = sweep_status(status)
+        typer.echo(format_table(rows))
+        counts = {state: sum(row["status"] == state for row in rows) for state in ("finished", "running", "failed", "pending")}
+        typer.echo(", ".join(f"{count} {state}" for state, count in counts.items()))
+        return
+    if config is None:
+        raise UserError("give the sweep's config file (kdlens sweep CONFIG --grid ...), or --status DIR to see a sweep's runs")
+    if launcher not in LAUNCHERS:
+        raise UserError(f"--launcher {launcher!r} is not one of {', '.join(LAUNCHERS)}")
+    if (workers is None) == (launcher == "pool"):
+        raise UserError("--launcher pool needs --workers N (runs at a time)" if workers is None else "--workers is for --launcher pool")
+    if slurm and launcher != "slurm":
+        raise UserError("--slurm options are for --launcher slurm")
+    for option in slurm or []:
+        if "=" not in option:
+            raise UserError(f"--slurm {option!r} is not key=value, e.g. --slurm partition=gpu --slurm time=24:00:00")
+    raw = read_raw_config(config, [*(overrides or []), *(f"slurm.{option}" for option in slurm or [])])
     sweep_dir = out or default_sweep_dir(raw)
     runs = plan_sweep(raw, [parse_axis(axis) for axis in grid or []], seeds, sweep_dir)
+    if launcher == "slurm":
+        import json
+
+        from kdlens.launch.slurm import check_slurm_available, job_spec, jobs_dir
+
+        specs = [job_spec(run.config) for run in runs]  # every job's resources are checked before any is submitted
+        if dry_run:
+            for run, spec in zip(runs, specs):
+                typer.echo(f"{run.config.name}: job {json.dumps(spec)} in {jobs_dir(run.config)}")
+            return
+        check_slurm_available()
     if dry_run:
         for run in runs:
             typer.echo(f"{run.config.name}: {run.point} seed {run.seed} -> {run.config.run_dir}")
         return
-    rows = run_sweep(runs, sweep_dir, lambda c, resume: run_experiment(c, resume=resume).results, log=typer.echo)
-    typer.echo(format_table(rows))
+    if launcher == "pool":
+        from kdlens.launch.pool import PoolLauncher
+
+        chosen = PoolLauncher(workers, verbose=is_verbose())
+    elif launcher == "slurm":
+        from kdlens.launch.slurm import SlurmLauncher
+
+        chosen = SlurmLauncher(verbose=is_verbose())
+    else:
+        from kdlens.training.run import run_experiment
+
+        def chosen(experiment: ExperimentConfig, resume: bool) -> object:
+            return run_experiment(experiment, resume=resume).results
+    rows = run_sweep(runs, sweep_dir, chosen, log=typer.echo)
+    if rows:
+        typer.echo(format_table(rows))
     typer.echo(f"wrote {' and '.join(str(sweep_dir / name) for name in SUMMARY_FILES)}")
+    if launcher == "slurm":
+        typer.echo(f"`kdlens sweep --status {sweep_dir}` follows the jobs; run this command again when they end to summarise them")
 
 
 @app.command()
@@ -275,15 +336,17 @@ def import_(
 @_user_errors
 def demo(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/demo"),
-    epochs: Annotated[int, typer.Option(help="student epochs")] = 8,
-    teacher_epochs: Annotated[int, typer.Option(help="teacher epochs")] = 10,
+    epochs: Annotated[Optional[int], typer.Option(help="student epochs (default: the demo's)")] = None,
+    teacher_epochs: Annotated[Optional[int], typer.Option(help="teacher epochs (default: the demo's)")] = None,
     device: Device = None,
 ) -> None:
-    """Teacher on unbiased shapes; scratch, KD and e²KD students on shortcut-biased shapes; one table."""
-    from kdlens.demo import run_demo
+    """Teacher on unbiased shapes; scratch, KD and e²KD students on shapes with a decoy-patch
+    shortcut; one table of accuracy and where each model looks."""
+    from kdlens.demo import DEMO_EPOCHS, DEMO_TEACHER_EPOCHS, run_demo
     from kdlens.device import resolve_device
 
-    run_demo(out, epochs=epochs, teacher_epochs=teacher_epochs, log=typer.echo, device=resolve_device(device))
+    run_demo(out, epochs=epochs or DEMO_EPOCHS, teacher_epochs=teacher_epochs or DEMO_TEACHER_EPOCHS, log=typer.echo,
+             device=resolve_device(device))
 
 
 @app.command()

@@ -15,6 +15,7 @@ them when a name is first looked up.
 from __future__ import annotations
 
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -35,12 +36,13 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from kdlens.engine import EngineBackend
 from kdlens.errors import ConfigError
 from kdlens.registry import DATASETS, LOSSES, MODELS, Registry, unknown_name_message
 
 __all__ = [
     "ConfigError", "DataConfig", "ExperimentConfig", "LossConfig", "ModelConfig", "RecipeConfig", "Registered",
-    "TrainerConfig", "apply_override", "dump_config", "load_config", "read_raw_config", "registered_section",
+    "SlurmConfig", "TrainerConfig", "apply_override", "dump_config", "load_config", "read_raw_config", "registered_section",
     "validate_config", "validate_data_config", "validate_section",
 ]
 
@@ -163,11 +165,33 @@ class TrainerConfig(_Section):
     compile: bool = False
     """``torch.compile`` the student and teacher forwards; only with logit-based loss terms
     (feature taps are forward hooks, which compiled forwards do not run)."""
+    teacher_engine: EngineBackend = "auto"
+    """How the frozen teacher's forward runs where no loss term reads its features or gradients
+    (:mod:`kdlens.engine`): ``auto`` measures eager, BN-folded channels-last, jit and onnxruntime
+    on the first batch and keeps the fastest that reproduces the logits; ``eager`` turns it off."""
     deterministic: bool = True
     progress_bar: bool = True
     limit_train_batches: int | float = 1.0
     limit_val_batches: int | float = 1.0
     log_every_n_steps: int = 20
+    loggers: list[Literal["csv", "tensorboard", "wandb", "mlflow"]] = ["csv", "tensorboard"]
+    """Where metrics are logged, under ``<run>/logs/``: ``wandb`` and ``mlflow`` are offline by default
+    (W&B offline mode, MLflow's local file store); ``csv`` is what ``kdlens runs`` and the report read."""
+
+    @field_validator("loggers")
+    @classmethod
+    def _csv_logger_kept_and_trackers_installed(cls, loggers: list[str]) -> list[str]:
+        if "csv" not in loggers or len(set(loggers)) != len(loggers):
+            raise ValueError(
+                f"trainer.loggers {loggers} must name each logger once and include csv (the learning curves "
+                "`kdlens runs` and the report read), e.g. [csv, tensorboard, wandb]"
+            )
+        import importlib.util
+
+        for logger in {"wandb", "mlflow"} & set(loggers):
+            if importlib.util.find_spec(logger) is None:
+                raise ValueError(f"trainer.loggers names {logger}, which is not installed: pip install 'kdlens[{logger}]'")
+        return loggers
 
     @model_validator(mode="after")
     def _sync_batchnorm_needs_gpus(self) -> TrainerConfig:
@@ -180,6 +204,65 @@ class TrainerConfig(_Section):
                     "on CPU"
                 )
         return self
+
+
+class SlurmConfig(_Section):
+    """Defaults of the jobs ``kdlens sweep --launcher slurm`` submits (``--slurm key=value`` sets
+    them per invocation). A job runs one process per device, with Lightning DDP across them: the
+    GPUs and nodes follow ``trainer.devices`` and ``trainer.num_nodes`` unless given here."""
+
+    partition: str | None = None
+    time: str | int = "24:00:00"
+    """Wall-clock limit: minutes, or ``[D-]HH:MM[:SS]``. A job that reaches it is requeued and
+    resumes from last.ckpt."""
+    gpus_per_node: int | None = Field(None, ge=0)
+    nodes: int | None = Field(None, ge=1)
+    cpus_per_task: int | None = Field(None, ge=1)
+    mem: str | int | None = None
+    """Memory per node: GB, or a number with a unit (``64G``, ``500M``)."""
+    account: str | None = None
+    qos: str | None = None
+    requeues: int = Field(10, ge=0)
+    """How many times a job that timed out or was pre-empted is requeued."""
+
+    @field_validator("time")
+    @classmethod
+    def _time_is_a_duration(cls, time: str | int) -> str | int:
+        slurm_minutes(time)
+        return time
+
+    @field_validator("mem")
+    @classmethod
+    def _mem_is_a_size(cls, mem: str | int | None) -> str | int | None:
+        if mem is not None:
+            slurm_gigabytes(mem)
+        return mem
+
+
+def slurm_minutes(time: str | int) -> int:
+    """Whole minutes (rounded up) of a duration in Slurm's formats: ``90`` (minutes), ``MM:SS``,
+    ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``."""
+    days, dash, clock = str(time).strip().rpartition("-") if not isinstance(time, bool) else ("", "", "x")
+    parts = clock.split(":")
+    if not all(part.isdigit() for part in parts) or (dash and not days.isdigit()) or len(parts) > 3:
+        raise ValueError(f"slurm.time {time!r} is not a duration: give minutes (e.g. 90) or [D-]HH:MM:SS (e.g. 24:00:00)")
+    numbers = [int(part) for part in parts]
+    if dash:  # D-HH[:MM[:SS]]
+        hours, minutes, seconds = (numbers + [0, 0])[:3]
+        hours += int(days) * 24
+    elif len(numbers) == 3:  # HH:MM:SS
+        hours, minutes, seconds = numbers
+    else:  # MM or MM:SS
+        hours, (minutes, seconds) = 0, (numbers + [0])[:2]
+    return hours * 60 + minutes + (1 if seconds else 0)
+
+
+def slurm_gigabytes(mem: str | int) -> float:
+    """GB of a memory size: ``64``, ``"64G"``, ``"64GB"``, ``"500M"``, ``"1T"``."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([MGT]?)B?", str(mem).strip(), flags=re.IGNORECASE)
+    if match is None or isinstance(mem, bool):
+        raise ValueError(f"slurm.mem {mem!r} is not a memory size: give GB (e.g. 64) or a number with a unit (64G, 500M)")
+    return float(match.group(1)) * {"M": 1 / 1024, "": 1, "G": 1, "T": 1024}[match.group(2).upper()]
 
 
 def validate_section(registry: Registry, raw: Any) -> BaseModel:
@@ -254,6 +337,11 @@ class ExperimentConfig(_Section):
     losses: list[LossConfig] = Field(default_factory=_default_losses)
     recipe: RecipeConfig = RecipeConfig()
     trainer: TrainerConfig = TrainerConfig()
+    tags: list[str] = []
+    """Labels the experiment trackers show (W&B and MLflow tags); a sweep adds its grid point
+    (``key=value``) and its folder (``sweep=<name>``)."""
+    slurm: SlurmConfig | None = None
+    """Job defaults for ``kdlens sweep --launcher slurm``; nothing else reads it."""
 
     @field_validator("name")
     @classmethod

@@ -54,7 +54,7 @@ class DataBundle:
 
     Every split yields dict samples: ``image`` (float C×H×W, normalised), ``label`` (int64 scalar),
     ``index`` (int64 scalar, position in that split), and where the dataset has them ``mask``
-    (float 1×H×W, 1 = foreground) and ``group`` (int64 scalar)."""
+    (float 1×H×W, 1 = foreground), ``decoy_mask`` (the same for a decoy cue) and ``group`` (int64 scalar)."""
 
     train: Dataset
     val: Dataset
@@ -68,6 +68,8 @@ class DataBundle:
     extra_splits: dict[str, Dataset] = field(default_factory=dict)
     """Further evaluation splits, e.g. ``shifted`` for shapes with a shortcut."""
     group_names: list[str] | None = None
+    aligned_groups: frozenset[int] | None = None
+    """The groups whose shortcut cue agrees with their class (where the dataset has a shortcut)."""
 
     @property
     def info(self) -> DatasetInfo:

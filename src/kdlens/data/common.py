@@ -25,7 +25,10 @@ if TYPE_CHECKING:
 
 RawSample = dict[str, Any]
 """A sample before its transform: ``image`` (tv_tensors.Image or PIL image), ``label`` (int) and,
-where the dataset has them, ``mask`` (tv_tensors.Mask, 1×H×W uint8) and ``group`` (int)."""
+where the dataset has them, ``mask`` (tv_tensors.Mask, 1×H×W uint8: the object), ``decoy_mask`` (the
+same, where a decoy cue is drawn) and ``group`` (int)."""
+MASK_KEYS = ("mask", "decoy_mask")
+"""The sample keys holding binary masks: they move with the image and come out as float 1×H×W."""
 
 
 class DatasetNotFoundError(UserError, FileNotFoundError):
@@ -68,6 +71,8 @@ class TensorSource:
     labels: Tensor
     masks: Tensor | None = None
     groups: Tensor | None = None
+    decoy_masks: Tensor | None = None
+    """Where a decoy (a spurious, class-correlated cue) is drawn, N×1×H×W, for datasets that have one."""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -78,6 +83,8 @@ class TensorSource:
         sample: RawSample = {"image": tv_tensors.Image(self.images[i]), "label": int(self.labels[i])}
         if self.masks is not None:
             sample["mask"] = tv_tensors.Mask(self.masks[i])
+        if self.decoy_masks is not None:
+            sample["decoy_mask"] = tv_tensors.Mask(self.decoy_masks[i])
         if self.groups is not None:
             sample["group"] = int(self.groups[i])
         return sample
@@ -262,8 +269,9 @@ class DictDataset(Dataset):
         for key in ("label", "group"):
             if key in raw:
                 sample[key] = torch.tensor(raw[key], dtype=torch.int64)
-        if "mask" in raw:
-            sample["mask"] = raw["mask"].as_subclass(Tensor).float()
+        for key in MASK_KEYS:
+            if key in raw:
+                sample[key] = raw[key].as_subclass(Tensor).float()
         sample.update({key: raw[key].as_subclass(Tensor) for key in (*self.spatial, *self.plain)})
         return sample
 

@@ -1,11 +1,19 @@
 """``shapes``: a synthetic, generated-in-memory dataset with pixel-exact foreground masks and an
-optional background shortcut (Waterbirds style) for studying what students learn from teachers.
+optional shortcut (Waterbirds style) for studying what students learn from teachers.
 
 Each image holds one flat-coloured shape on a textured background. The class is the shape's
 geometry only: position, scale, small rotation and foreground colour are drawn independently of
-it. The background colour is one of ``num_classes`` palette colours; with ``shortcut=p`` it is the
-class's own palette colour with probability p in train/val/test, and a ``shifted`` split with
-class-independent backgrounds exposes models that learned the background instead of the shape.
+it. With ``shortcut=p`` a colour agrees with the class with probability p in train/val/test, and a
+``shifted`` split with class-independent colours exposes models that learned the colour instead of
+the shape. The colour is either
+
+- ``shortcut_kind: background``: the background's palette colour. A global colour reaches every
+  receptive field, so a model can rest its evidence on the shape while deciding by the colour: the
+  negative control for explanation-aware distillation; or
+- ``shortcut_kind: patch``: a small white-framed decoy patch (in the top-left corner, or anywhere)
+  on a class-independent background. The decoy is spatially separable from the shape, and every
+  image has a ``decoy_mask`` beside its shape ``mask``, so explanation mass on the decoy can be
+  measured.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -26,6 +34,8 @@ from kdlens.data.base import DataBundle, DataConfigBase, DatasetInfo, register_d
 from kdlens.data.common import DictDataset, TensorSource, make_transforms, train_val_test
 
 Split = Literal["train", "test", "shifted"]
+ShortcutKind = Literal["background", "patch"]
+PatchPlacement = Literal["corner", "random"]
 _SPLIT_STREAMS: dict[Split, int] = {"train": 0, "test": 1, "shifted": 2}
 
 PALETTE: tuple[tuple[str, tuple[int, int, int]], ...] = (
@@ -46,6 +56,10 @@ pixel, so the mask is also what the eye sees as the shape."""
 SIZE_RANGE = (0.35, 0.70)
 """Shape diameter as a fraction of the image side."""
 MAX_ROTATION = math.radians(15)
+PATCH_FRAME = (255, 255, 255)
+"""The decoy patch's one-pixel frame: it keeps the patch visible on a background of its own colour."""
+PATCH_MARGIN = 2
+"""Pixels between a corner patch and the image's edges."""
 _RENDER_CHUNK = 1024  # images rendered at once: bounds memory at large image sizes
 _STATS_SAMPLES = 2000  # images behind the normalisation constants (mean within ~0.01 of the truth)
 
@@ -113,7 +127,23 @@ class ShapesConfig(DataConfigBase):
     test_size: int = Field(1000, ge=1)
     seed: int = Field(0, ge=0)
     shortcut: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    """Probability that a train/val/test image shows its class's own background colour."""
+    """Probability that a train/val/test image shows its class's own colour (background or patch);
+    None: colours independent of the class, and no shifted split."""
+    shortcut_kind: ShortcutKind = "background"
+    """Where the class-correlated colour is: the whole ``background``, or a decoy ``patch``."""
+    patch_size: int = Field(6, ge=3)
+    """Side of the decoy patch in pixels, its frame included."""
+    patch_placement: PatchPlacement = "corner"
+    """``corner``: the top-left corner (moved by the training crop and flip like everything else);
+    ``random``: anywhere in the image, drawn per image."""
+
+    @model_validator(mode="after")
+    def _patch_fits(self) -> ShapesConfig:
+        if self.shortcut_kind == "patch" and self.patch_size + 2 * PATCH_MARGIN > self.image_size // 2:
+            raise ValueError(f"patch_size={self.patch_size} is too large for image_size={self.image_size}: the patch "
+                             f"and its margins may take at most half the side ({self.image_size // 2} px); lower "
+                             "patch_size or raise image_size")
+        return self
 
 
 @dataclass(frozen=True)
@@ -126,26 +156,31 @@ class ShapesArrays:
     backgrounds: Tensor  # int64 N, palette index of the background colour
     colors: Tensor  # uint8 N×3, foreground colour
     num_classes: int
+    decoys: Tensor | None = None  # int64 N, palette index of the decoy patch's colour
+    decoy_masks: Tensor | None = None  # uint8 N×1×S×S, 1 on the decoy patch (frame included)
+
+    @property
+    def shortcut_colors(self) -> Tensor:
+        """The palette index of the colour that the shortcut ties to the class."""
+        return self.backgrounds if self.decoys is None else self.decoys
 
     @property
     def groups(self) -> Tensor:
-        return self.labels * self.num_classes + self.backgrounds
+        """(class × shortcut colour), numbered class-major."""
+        return self.labels * self.num_classes + self.shortcut_colors
 
 
 def generate_shapes(n: int, *, num_classes: int, image_size: int, seed: int, split: Split,
-                    shortcut: float | None) -> ShapesArrays:
+                    shortcut: float | None, kind: ShortcutKind = "background", patch_size: int = 6,
+                    patch_placement: PatchPlacement = "corner") -> ShapesArrays:
     """Generate ``n`` images; ``split`` picks an independent random stream for the same seed.
 
-    ``shortcut=None`` draws backgrounds uniformly; ``shortcut=p`` gives each image its class's
-    palette colour with probability p and otherwise one of the other colours uniformly."""
+    ``shortcut=None`` draws the shortcut colour (``kind``: the background's, or a decoy patch's)
+    uniformly; ``shortcut=p`` gives each image its class's palette colour with probability p and
+    otherwise one of the other colours uniformly. With a patch, backgrounds are uniform."""
     g = torch.Generator().manual_seed(seed * len(_SPLIT_STREAMS) + _SPLIT_STREAMS[split])
     labels = torch.randint(num_classes, (n,), generator=g)
-    if shortcut is None:
-        backgrounds = torch.randint(num_classes, (n,), generator=g)
-    else:
-        own = torch.rand(n, generator=g) < shortcut
-        other = (labels + 1 + torch.randint(num_classes - 1, (n,), generator=g)) % num_classes
-        backgrounds = torch.where(own, labels, other)
+    backgrounds = _shortcut_colors(labels, num_classes, shortcut if kind == "background" else None, g)
     choices = _foreground_choices(num_classes)
     colors = choices[torch.randint(len(choices), (n,), generator=g)]
     radius = torch.empty(n).uniform_(*SIZE_RANGE, generator=g) * image_size / 2
@@ -161,7 +196,40 @@ def generate_shapes(n: int, *, num_classes: int, image_size: int, seed: int, spl
         background = palette[backgrounds[part]][:, :, None, None] + _texture(len(inside), image_size, g)
         images[part] = torch.where(inside, colors[part, :, None, None].float(), background.clamp(0, 255))
         masks[part] = inside
-    return ShapesArrays(images, masks, labels, backgrounds, colors, num_classes)
+    if kind == "background":
+        return ShapesArrays(images, masks, labels, backgrounds, colors, num_classes)
+    # Drawn after everything else, so that the images under the patches are the same draws as the
+    # background kind's with independent backgrounds.
+    decoys = _shortcut_colors(labels, num_classes, shortcut, g)
+    if patch_placement == "corner":
+        corners = torch.full((n, 2), PATCH_MARGIN)
+    else:
+        corners = torch.randint(image_size - patch_size + 1, (n, 2), generator=g)
+    decoy_masks = _squares(corners, patch_size, image_size)
+    inner = _squares(corners + 1, patch_size - 2, image_size)  # the patch less its frame
+    patch = torch.where(inner, palette[decoys][:, :, None, None], torch.tensor(PATCH_FRAME, dtype=torch.float32)[:, None, None])
+    images = torch.where(decoy_masks, patch.to(torch.uint8), images)
+    masks &= ~decoy_masks  # the shape mask stays exactly where the shape's colour shows
+    return ShapesArrays(images, masks, labels, backgrounds, colors, num_classes, decoys, decoy_masks.to(torch.uint8))
+
+
+def _shortcut_colors(labels: Tensor, num_classes: int, shortcut: float | None, g: torch.Generator) -> Tensor:
+    """Palette indices: uniform (``shortcut=None``), or the class's own with probability ``shortcut``
+    and another one uniformly otherwise."""
+    n = len(labels)
+    if shortcut is None:
+        return torch.randint(num_classes, (n,), generator=g)
+    own = torch.rand(n, generator=g) < shortcut
+    other = (labels + 1 + torch.randint(num_classes - 1, (n,), generator=g)) % num_classes
+    return torch.where(own, labels, other)
+
+
+def _squares(corners: Tensor, side: int, size: int) -> Tensor:
+    """Boolean N×1×S×S squares of ``side`` pixels with their top-left pixels at ``corners`` (N×2, row, column)."""
+    pos = torch.arange(size)
+    rows = (pos >= corners[:, :1]) & (pos < corners[:, :1] + side)
+    cols = (pos >= corners[:, 1:]) & (pos < corners[:, 1:] + side)
+    return (rows[:, :, None] & cols[:, None, :])[:, None]
 
 
 def _draw(labels: Tensor, centre: Tensor, radius: Tensor, angle: Tensor, size: int) -> Tensor:
@@ -231,9 +299,10 @@ def build(cfg: ShapesConfig) -> DataBundle:
     from torchvision.transforms import v2
 
     def source(n: int, split: Split, shortcut: float | None) -> TensorSource:
-        arrays = generate_shapes(n, num_classes=cfg.num_classes, image_size=cfg.image_size,
-                                 seed=cfg.seed, split=split, shortcut=shortcut)
-        return TensorSource(arrays.images, arrays.labels, arrays.masks, arrays.groups)
+        arrays = generate_shapes(n, num_classes=cfg.num_classes, image_size=cfg.image_size, seed=cfg.seed,
+                                 split=split, shortcut=shortcut, kind=cfg.shortcut_kind, patch_size=cfg.patch_size,
+                                 patch_placement=cfg.patch_placement)
+        return TensorSource(arrays.images, arrays.labels, arrays.masks, arrays.groups, arrays.decoy_masks)
 
     info = describe(cfg)
     pad = cfg.image_size // 8
@@ -244,8 +313,10 @@ def build(cfg: ShapesConfig) -> DataBundle:
     extra: dict[str, Dataset] = {}
     if cfg.shortcut is not None:
         extra["shifted"] = DictDataset(source(cfg.test_size, "shifted", None), transforms.eval)
-    bg_names = [name for name, _ in PALETTE[: cfg.num_classes]]
+    colour_names = [name for name, _ in PALETTE[: cfg.num_classes]]
+    prefix = "bg" if cfg.shortcut_kind == "background" else "patch"
     return DataBundle(
         train=train, val=val, test=test, extra_splits=extra, **info.facts(),
-        group_names=[f"{c}/bg-{b}" for c in info.class_names for b in bg_names],
+        group_names=[f"{c}/{prefix}-{colour}" for c in info.class_names for colour in colour_names],
+        aligned_groups=frozenset(k * cfg.num_classes + k for k in range(cfg.num_classes)),
     )

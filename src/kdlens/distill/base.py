@@ -152,10 +152,12 @@ class DistillLoss(nn.Module):
             term.build_connectors(batch)
 
     def frozen_teacher_spec(self) -> FrozenTeacherSpec | None:
+        """What the terms want precomputed: one explanation (with the logits), or the logits only."""
         specs = {spec for term in self.terms if (spec := term.frozen_teacher_spec()) is not None}
-        if len(specs) > 1:
-            raise ValueError(f"loss terms ask for different frozen teacher explanations {specs}; use one")
-        return specs.pop() if specs else None
+        with_maps = {spec for spec in specs if spec.method is not None}
+        if len(with_maps) > 1:
+            raise ValueError(f"loss terms ask for different frozen teacher explanations {with_maps}; use one")
+        return (with_maps or specs).pop() if specs else None
 
     def forward(self, batch: DistillBatch) -> tuple[Tensor, dict[str, Tensor]]:
         parts = {

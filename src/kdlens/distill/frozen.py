@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from kdlens.data import DataConfigBase
 from kdlens.data.common import DictDataset
+from kdlens.engine import inference_forward
 from kdlens.explain import explain_dataset
 from kdlens.explain.cache import ExplanationCache, data_fingerprint, file_fingerprint
 
@@ -29,15 +30,17 @@ TEACHER_LOGITS, TEACHER_MAP = "teacher_logits", "teacher_map"
 
 @dataclass(frozen=True)
 class FrozenTeacherSpec:
-    """Which explanation of the teacher (of its own top-1 class) a term wants frozen."""
+    """Which explanation of the teacher (of its own top-1 class) a term wants frozen; ``method=None``:
+    only the teacher's logits (offline KD)."""
 
-    method: str
+    method: str | None
     layer: str | None
 
 
 @torch.no_grad()
 def _teacher_logits(teacher: nn.Module, dataset: DictDataset, batch_size: int) -> Tensor:
-    rows = [(batch["index"], teacher(batch["image"]).float()) for batch in DataLoader(dataset, batch_size=batch_size)]
+    forward = inference_forward(teacher)
+    rows = [(batch["index"], forward(batch["image"]).float()) for batch in DataLoader(dataset, batch_size=batch_size)]
     logits = torch.empty(len(dataset), rows[0][1].shape[1])
     for index, out in rows:
         logits[index] = out
@@ -52,18 +55,21 @@ def frozen_teacher_outputs(
     spec: FrozenTeacherSpec,
     batch_size: int = 256,
 ) -> dict[str, Tensor]:
-    """``{teacher_logits: (N, K), teacher_map: (N, 1, H, W)}`` for the training split, computed on
-    its un-augmented images or read from the cache. Maps are stored in float16, logits (the KD
-    targets) in float32."""
+    """``{teacher_logits: (N, K), teacher_map: (N, 1, H, W)}`` for the training split (no map when
+    ``spec.method`` is None), computed on its un-augmented images or read from the cache. Maps are
+    stored in float16, logits (the KD targets) in float32."""
     images = train.unaugmented()
     teacher.eval()
     key = {"model": file_fingerprint(checkpoint), "data": data_fingerprint(data), "split": "train"}
-    maps = ExplanationCache().get_or_compute(
-        {**key, "method": spec.method, "options": {"layer": spec.layer, "target": "pred"}},
-        lambda: explain_dataset(teacher, images, spec.method, target="pred", layer=spec.layer, batch_size=batch_size),
-    )
     logits = ExplanationCache(dtype=torch.float32).get_or_compute(
         {**key, "method": "logits"}, lambda: _teacher_logits(teacher, images, batch_size)
+    )
+    if spec.method is None:
+        return {TEACHER_LOGITS: logits}
+    method = spec.method
+    maps = ExplanationCache().get_or_compute(
+        {**key, "method": method, "options": {"layer": spec.layer, "target": "pred"}},
+        lambda: explain_dataset(teacher, images, method, target="pred", layer=spec.layer, batch_size=batch_size),
     )
     return {TEACHER_LOGITS: logits, TEACHER_MAP: maps}
 
@@ -72,4 +78,5 @@ def attach_frozen_teacher(train: DictDataset, outputs: dict[str, Tensor]) -> Dic
     """``train`` whose samples carry their frozen teacher logits and (eval-frame) maps, the maps
     moved with the image's own crop/flip. Raises ``ValueError`` if the dataset's eval transform has
     an op whose geometry cannot be inverted."""
-    return train.attach(spatial={TEACHER_MAP: outputs[TEACHER_MAP]}, plain={TEACHER_LOGITS: outputs[TEACHER_LOGITS]})
+    spatial = {TEACHER_MAP: outputs[TEACHER_MAP]} if TEACHER_MAP in outputs else {}
+    return train.attach(spatial=spatial, plain={TEACHER_LOGITS: outputs[TEACHER_LOGITS]})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch.nn.functional as F
@@ -9,6 +10,7 @@ from pydantic import Field
 from torch import Tensor
 
 from kdlens.distill.base import DistillBatch, LossConfigBase, LossTerm, register_loss
+from kdlens.distill.frozen import FrozenTeacherSpec
 
 
 class CEConfig(LossConfigBase):
@@ -26,9 +28,37 @@ class CrossEntropy(LossTerm):
         )
 
 
+class BCEConfig(LossConfigBase):
+    name: Literal["bce"] = "bce"
+    logit_bias: float | Literal["auto"] | None = "auto"
+    """Added to every logit before the loss; ``auto``: −log(C − 1), which makes the initial
+    sigmoid outputs ≈ 1/C (B-cos v2's training setting: the B-cos logits start near 0)."""
+    logit_temperature: float = Field(1.0, gt=0.0)
+    """Logits are divided by it before the bias is added."""
+
+
+@register_loss(BCEConfig)
+class BinaryCrossEntropy(LossTerm):
+    """Binary cross-entropy of every class's logit against the one-hot labels (B-cos v2's loss:
+    each logit says "this class" on its own, unlike a softmax). A constant bias and a temperature
+    change what is optimised, not the argmax of the model's logits."""
+
+    def forward(self, batch: DistillBatch) -> Tensor:
+        logits = batch.student_logits / self.config.logit_temperature
+        num_classes = logits.shape[1]
+        bias = self.config.logit_bias
+        if bias == "auto":
+            bias = -math.log(num_classes - 1) if num_classes > 2 else 0.0
+        targets = F.one_hot(batch.labels, num_classes).to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits + (bias or 0.0), targets)
+
+
 class KDConfig(LossConfigBase):
     name: Literal["kd"] = "kd"
     temperature: float = Field(4.0, gt=0.0)
+    frozen_teacher: bool = False
+    """Offline KD: the teacher's logits computed once on the un-augmented training images and reused
+    every epoch, so training runs no teacher forward (the student still sees augmented images)."""
 
 
 def kd_divergence(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -47,6 +77,9 @@ class KDLoss(LossTerm):
     """Hinton KD; α-mix is ``[{ce, weight: 1-α}, {kd, weight: α}]``."""
 
     needs_teacher = True
+
+    def frozen_teacher_spec(self) -> FrozenTeacherSpec | None:
+        return FrozenTeacherSpec(method=None, layer=None) if self.config.frozen_teacher else None
 
     def forward(self, batch: DistillBatch) -> Tensor:
         return kd_divergence(batch.student_logits, batch.teacher_logits, self.config.temperature)

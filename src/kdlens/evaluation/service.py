@@ -152,9 +152,12 @@ def plan_explanations(
         plan.metrics = metrics_from_spec(metrics, (bundle.in_channels, *bundle.image_size))
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    needs_masks = [name for name, metric in plan.metrics.items() if "mask" in metric.requires]
-    if needs_masks and len(bundle.test) and "mask" not in bundle.test[0]:
-        raise ConfigError(f"{', '.join(needs_masks)} need segmentation masks, which this dataset's test split does not have")
+    sample = bundle.test[0] if len(bundle.test) else None
+    missing = [name for name, metric in plan.metrics.items()
+               if "mask" in metric.requires and sample is not None and metric.mask_key not in sample]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} need masks ({', '.join(sorted({plan.metrics[n].mask_key for n in missing}))}) "
+                          "that this dataset's test split does not have: leave these metrics out")
     return plan
 
 

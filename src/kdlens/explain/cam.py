@@ -27,6 +27,7 @@ from kdlens.explain.base import (
     register_explainer,
     require_autograd,
 )
+from kdlens.engine import inference_forward
 from kdlens.explain.layers import ModelSplit, layer_activations, layer_gradients
 from kdlens.models import resolve_module
 
@@ -199,7 +200,7 @@ class ScoreCAM(LayerExplainer):
 
     def _masked_scores(self, x: Tensor, activations: Tensor, target: Tensor, sample: Tensor, channel: Tensor) -> Tensor:
         masks = F.interpolate(activations[sample, channel][:, None], size=x.shape[-2:], mode="bilinear", align_corners=True)
-        logits = self.model(x[sample] * min_max(masks, 1e-8))
+        logits = inference_forward(self.model)(x[sample] * min_max(masks, 1e-8))
         return logits.gather(1, target[sample, None]).squeeze(1)
 
 

@@ -25,6 +25,7 @@ from captum import attr as captum_attr
 from skimage.segmentation import quickshift, slic
 from torch import Tensor
 
+from kdlens.engine import inference_forward
 from kdlens.explain.base import Explainer, ExplainError, grid_chunks, per_sample_chunks, register_explainer
 
 Superpixels = Literal["slic", "quickshift"]
@@ -54,7 +55,7 @@ class Occlusion(Explainer):
         stride = stride or max(1, window // 2)
         channels = x.shape[1]
         with torch.no_grad():
-            attribution = captum_attr.Occlusion(self.model).attribute(
+            attribution = captum_attr.Occlusion(inference_forward(self.model)).attribute(
                 x, target=target, sliding_window_shapes=(channels, window, window), strides=(channels, stride, stride),
                 baselines=baseline, perturbations_per_eval=per_sample_chunks(len(x), chunk_size),
             )
@@ -231,10 +232,11 @@ def _coalition_scores(
     replacement = _baseline_image(x, segments, real, baseline)
     batch, samples = coalitions.shape[:2]
     pixels = segments.flatten(1)
+    forward = inference_forward(model)
     scores = []
     with torch.no_grad():
         for sample, coalition in grid_chunks(batch, samples, chunk_size, x.device):
             keep = coalitions[sample, coalition].gather(1, pixels[sample]).view(len(sample), 1, *x.shape[-2:])
-            logits = model(torch.where(keep, x[sample], replacement[sample]))
+            logits = forward(torch.where(keep, x[sample], replacement[sample]))
             scores.append(logits.gather(1, target[sample, None]).squeeze(1))
     return torch.cat(scores).view(batch, samples)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from kdlens.engine import inference_forward
 from kdlens.metrics.functional import flatten, prepare_attributions
 from kdlens.models.modes import eval_mode  # noqa: F401  (re-exported: the one eval_mode)
 from kdlens.registry import METRICS, Registry
@@ -220,6 +221,8 @@ class EvaluationContext:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model
+        # Forward-only passes run on kdlens.engine's backend for the model (same logits, faster).
+        self._model_forward = None if model is None else inference_forward(model)
         self.x = x
         self.y = None if y is None else y.to(x.device).long()
         self.a = a
@@ -323,11 +326,11 @@ class EvaluationContext:
     def _forward(self, batch: Tensor, samples: Tensor, predicted: Tensor | None) -> tuple[Readout, Tensor]:
         """The readout of ``batch`` (images of ``samples``) and its top-1 classes; ``predicted`` are
         the clean predictions of those samples, or None for the clean pass itself."""
-        if self.model is None or self.y is None:
+        if self._model_forward is None or self.y is None:
             raise ValueError("this metric needs a model and the explained classes y")
         if self.memory_format is not None:
             batch = batch.contiguous(memory_format=self.memory_format)
-        logits = self.model(batch).float()
+        logits = self._model_forward(batch).float()
         self._num_classes = logits.shape[1]  # the same for every batch
         probs = logits.softmax(1)
         top1 = logits.argmax(1)
@@ -358,6 +361,9 @@ class ExplanationMetric(ABC):
     requires: ClassVar[frozenset[Requirement]] = frozenset({"model"})
     higher_is_better: ClassVar[bool] = True
     """Whether larger scores mean better explanations (some metrics decide per instance)."""
+    mask_key: ClassVar[str] = "mask"
+    """The sample key of the mask ``s`` the metric scores against, when it requires one: the object
+    (``mask``), or e.g. a decoy cue (``decoy_mask``)."""
 
     abs: bool = False
     """Take ``|a|`` after normalising (Quantus's order)."""

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from kdlens.engine import inference_forward
 from kdlens.models.modes import eval_mode
 
 
@@ -24,9 +25,10 @@ class Predictions:
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> Predictions:
     logits, labels, groups = [], [], []
+    forward = inference_forward(model)
     with eval_mode(model):
         for batch in loader:
-            logits.append(model(batch["image"].to(device)).float().cpu())
+            logits.append(forward(batch["image"].to(device)).float().cpu())
             labels.append(batch["label"])
             if "group" in batch:
                 groups.append(batch["group"])
@@ -50,27 +52,37 @@ def teacher_student_kl(student_logits: Tensor, teacher_logits: Tensor) -> float:
     ).item()
 
 
-def group_accuracy(logits: Tensor, labels: Tensor, groups: Tensor, group_names: list[str] | None = None) -> dict:
-    """Accuracy per group present in the split, their mean, and the worst group (Waterbirds protocol)."""
+def group_accuracy(logits: Tensor, labels: Tensor, groups: Tensor, group_names: list[str] | None = None,
+                   aligned_groups: frozenset[int] | None = None) -> dict:
+    """Accuracy per group present in the split, their mean, and the worst group (Waterbirds
+    protocol). With ``aligned_groups`` (the groups whose shortcut agrees with the class), also the
+    ``shortcut_gap``: top-1 on the images of those groups minus top-1 on the others (None unless
+    both are present)."""
     correct = (logits.argmax(1) == labels).float()
     per_group = {}
     for g in groups.unique().tolist():
         name = group_names[g] if group_names else str(g)
         per_group[name] = correct[groups == g].mean().item()
     worst = min(per_group, key=per_group.get)
-    return {
+    report = {
         "per_group": per_group,
         "mean_group_accuracy": sum(per_group.values()) / len(per_group),
         "worst_group_accuracy": per_group[worst],
         "worst_group": worst,
     }
+    if aligned_groups is not None:
+        aligned = torch.isin(groups, torch.tensor(sorted(aligned_groups), dtype=groups.dtype))
+        both = aligned.any() and not aligned.all()
+        report["shortcut_gap"] = (correct[aligned].mean() - correct[~aligned].mean()).item() if both else None
+    return report
 
 
 def classification_report(
-    student: Predictions, teacher: Predictions | None = None, group_names: list[str] | None = None
+    student: Predictions, teacher: Predictions | None = None, group_names: list[str] | None = None,
+    aligned_groups: frozenset[int] | None = None,
 ) -> dict:
     """Top-1 (and top-5 when there are more than 5 classes), agreement and KL with the teacher,
-    group accuracies where the split has groups."""
+    group accuracies where the split has groups (and the shortcut gap, given ``aligned_groups``)."""
     num_classes = student.logits.shape[1]
     labelled = student.labels >= 0  # datasets without class labels (ImageNet-Segmentation) use -1
     logits, labels = student.logits[labelled], student.labels[labelled]
@@ -81,5 +93,5 @@ def classification_report(
         report["agreement"] = agreement(student.logits, teacher.logits)
         report["kl_teacher_student"] = teacher_student_kl(student.logits, teacher.logits)
     if student.groups is not None:
-        report.update(group_accuracy(student.logits, student.labels, student.groups, group_names))
+        report.update(group_accuracy(student.logits, student.labels, student.groups, group_names, aligned_groups))
     return report

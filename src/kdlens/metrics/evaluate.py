@@ -27,10 +27,12 @@ def split_reports(
     predictions: dict[str, Predictions],
     teacher: dict[str, Predictions] | None = None,
     group_names: list[str] | None = None,
+    aligned_groups: frozenset[int] | None = None,
 ) -> dict[str, dict]:
     """``{split: classification report}``, against the teacher's predictions of the same splits."""
     teacher = teacher or {}
-    return {split: classification_report(p, teacher.get(split), group_names) for split, p in predictions.items()}
+    return {split: classification_report(p, teacher.get(split), group_names, aligned_groups)
+            for split, p in predictions.items()}
 
 
 def evaluate_models(
@@ -43,6 +45,7 @@ def evaluate_models(
     """``{model name: {split: report}}``; the teacher's predictions are computed once and shared."""
     teacher_predictions = predict_splits(teacher, bundle, config, device) if teacher is not None else None
     return {
-        name: split_reports(predict_splits(model, bundle, config, device), teacher_predictions, bundle.group_names)
+        name: split_reports(predict_splits(model, bundle, config, device), teacher_predictions, bundle.group_names,
+                            bundle.aligned_groups)
         for name, model in models.items()
     }

@@ -150,15 +150,18 @@ def evaluate_explanations(
                 x = batch["image"].to(device)
                 labels = batch["label"].to(device)
                 y = resolve_target(model, x, target, labels=labels, teacher=teacher)
-                mask = batch.get("mask")
                 a = explain_fn(model, x, y).detach()
                 if keep_maps:
                     kept.append(a.float().cpu())
-                context = EvaluationContext(model, x, y, a, None if mask is None else mask.to(device), explain_fn)
+                # One context per mask the metrics score against: the object's mask, a decoy's ...
+                contexts = {key: EvaluationContext(model, x, y, a, batch[key].to(device) if key in batch else None,
+                                                   explain_fn)
+                            for key in {"mask", *(metric.mask_key for metric in metrics.values())}}
                 with eval_mode(model):
-                    scores = {name: metric.evaluate(context) for name, metric in metrics.items()}
-                    points = {name: metrics[name].points(context) for name in results.curves}
-                    reasons = {name: metrics[name].nan_reasons(context, values) for name, values in scores.items()}
+                    scores = {name: metric.evaluate(contexts[metric.mask_key]) for name, metric in metrics.items()}
+                    points = {name: metrics[name].points(contexts["mask"]) for name in results.curves}
+                    reasons = {name: metrics[name].nan_reasons(contexts[metrics[name].mask_key], values)
+                               for name, values in scores.items()}
                 for i in range(len(x)):
                     ids = {"model": model_name, "explainer": method, "index": int(batch["index"][i]),
                            "label": int(labels[i]), "target": int(y[i])}

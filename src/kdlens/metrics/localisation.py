@@ -126,6 +126,16 @@ class EnergyPointingGame(LocalisationMetric):
         return nan_where(self.undefined(context), (positive * s).sum(1) / positive.sum(1))
 
 
+@EXPLANATION_METRICS.register("decoy_energy")
+class DecoyEnergy(EnergyPointingGame):
+    """The energy pointing game against a dataset's ``decoy_mask`` (a spurious, class-correlated cue,
+    e.g. ``shapes`` with ``shortcut_kind: patch``): the share of the positive attribution on the decoy,
+    ``Σ_decoy a⁺ / Σ a⁺``. Lower is better: a model that decides by the object puts little there."""
+
+    mask_key = "decoy_mask"
+    higher_is_better = False
+
+
 @EXPLANATION_METRICS.register("attribution_localisation")
 class AttributionLocalisation(LocalisationMetric):
     """Kohlbrenner et al. 2020: ``Σ_s a / (Σ a + 1e-9)`` on ``|a|`` (``abs=True``), NaN when the mask

@@ -14,7 +14,9 @@ the norms B-cos nets are sharper than BatchNorm ResNets: train them with Adam (l
 papers) or SGD at lr ≤ 0.01; at SGD lr 0.05 the loss of a fixed batch spikes within ~10 steps. The
 head is v2's: a 1×1 B-cos conv (``fc``) scores every position of
 the last stage and the logits are the spatial mean of its output (no logit bias: a constant bias
-does not change a softmax).
+does not change a softmax; v2's BCE training adds one in the loss, see the ``bce`` loss term).
+The ``bcos_v2_*`` variants add v2's MaxOut: every unit computes two linear outputs and keeps the
+larger before the B-cos scaling (still W(x)·x, with W(x) the winning rows).
 
 Inputs. B-cos nets read images in [0, 1] encoded as [x, 1 − x] (:class:`AddInverse`), so that
 colour is a direction and dark pixels still have a norm. kdlens datasets deliver normalised images
@@ -57,16 +59,25 @@ class DynamicLinear:
 
 
 class _BcosUnit(DynamicLinear):
-    """The B-cos non-linearity shared by the conv and linear layers (mixed in before them)."""
+    """The B-cos non-linearity shared by the conv and linear layers (mixed in before them).
+    ``max_out`` > 1: each output has that many weight rows (stored consecutively) and keeps the
+    largest ŵᵀx (B-cos v2's MaxOut)."""
 
-    def __init__(self, *args, b: float, **kwargs) -> None:
+    def __init__(self, *args, b: float, max_out: int = 1, **kwargs) -> None:
         super().__init__(*args, bias=False, **kwargs)
         if b < 1:
             raise ValueError(f"B-cos exponent B must be >= 1, got {b}")
+        if max_out < 1:
+            raise ValueError(f"max_out must be >= 1, got {max_out}")
         self.b = b
+        self.max_out = max_out
 
-    def _bcos(self, linear_out: Tensor, input_norm: Tensor) -> Tensor:
-        """(ŵᵀx)·|cos(x, ŵ)|^(B−1) from ŵᵀx and ‖x‖, with cos = ŵᵀx / ‖x‖ since ‖ŵ‖ = 1."""
+    def _bcos(self, linear_out: Tensor, input_norm: Tensor, channel_dim: int) -> Tensor:
+        """(ŵᵀx)·|cos(x, ŵ)|^(B−1) from ŵᵀx and ‖x‖, with cos = ŵᵀx / ‖x‖ since ‖ŵ‖ = 1 (after
+        the MaxOut over each output's ``max_out`` rows along ``channel_dim``)."""
+        if self.max_out > 1:
+            grouped = linear_out.unflatten(channel_dim, (-1, self.max_out))
+            linear_out = grouped.amax(channel_dim + 1 if channel_dim >= 0 else channel_dim)
         scale = (linear_out / input_norm).abs().add(_NORM_EPS).pow(self.b - 1)
         if self.detach_dynamic_scale:
             scale = scale.detach()
@@ -78,32 +89,34 @@ class BcosConv2d(_BcosUnit, nn.Conv2d):
     output channel's kernel scaled to unit norm. No bias, one group, zero padding. The norm of every
     patch is √(conv(Σ_channels x², ones kernel)), computed without unfolding."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0, b: float = 2.0) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, b=b)
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 b: float = 2.0, max_out: int = 1) -> None:
+        super().__init__(in_channels, out_channels * max_out, kernel_size, stride=stride, padding=padding, b=b,
+                         max_out=max_out)
 
     def forward(self, x: Tensor) -> Tensor:
         unit_weight = F.normalize(self.weight.flatten(1), dim=1).view_as(self.weight)
         linear_out = self._conv_forward(x, unit_weight, None)
         ones = x.new_ones(1, 1, *self.kernel_size)
         squared_norm = F.conv2d(x.pow(2).sum(dim=1, keepdim=True), ones, None, self.stride, self.padding, self.dilation)
-        return self._bcos(linear_out, squared_norm.add(_NORM_EPS).sqrt())
+        return self._bcos(linear_out, squared_norm.add(_NORM_EPS).sqrt(), channel_dim=1)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, B={self.b}"
+        return f"{super().extra_repr()}, B={self.b}" + (f", max_out={self.max_out}" if self.max_out > 1 else "")
 
 
 class BcosLinear(_BcosUnit, nn.Linear):
     """B-cos linear layer: output j is (ŵ_jᵀx)·|cos(x, ŵ_j)|^(B−1), ŵ_j row j at unit norm; no bias."""
 
-    def __init__(self, in_features: int, out_features: int, b: float = 2.0) -> None:
-        super().__init__(in_features, out_features, b=b)
+    def __init__(self, in_features: int, out_features: int, b: float = 2.0, max_out: int = 1) -> None:
+        super().__init__(in_features, out_features * max_out, b=b, max_out=max_out)
 
     def forward(self, x: Tensor) -> Tensor:
         linear_out = F.linear(x, F.normalize(self.weight, dim=1))
-        return self._bcos(linear_out, x.pow(2).sum(dim=-1, keepdim=True).add(_NORM_EPS).sqrt())
+        return self._bcos(linear_out, x.pow(2).sum(dim=-1, keepdim=True).add(_NORM_EPS).sqrt(), channel_dim=-1)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, B={self.b}"
+        return f"{super().extra_repr()}, B={self.b}" + (f", max_out={self.max_out}" if self.max_out > 1 else "")
 
 
 class PositionNorm(DynamicLinear, nn.LayerNorm):
@@ -145,15 +158,16 @@ class BcosBasicBlock(nn.Module):
     B-cos conv and position norm where the shape changes. No activations: the B-cos units are the
     non-linearity."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, b: float) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, b: float, max_out: int = 1) -> None:
         super().__init__()
-        self.conv1 = BcosConv2d(in_channels, out_channels, 3, stride=stride, padding=1, b=b)
+        self.conv1 = BcosConv2d(in_channels, out_channels, 3, stride=stride, padding=1, b=b, max_out=max_out)
         self.norm1 = PositionNorm(out_channels)
-        self.conv2 = BcosConv2d(out_channels, out_channels, 3, padding=1, b=b)
+        self.conv2 = BcosConv2d(out_channels, out_channels, 3, padding=1, b=b, max_out=max_out)
         self.norm2 = PositionNorm(out_channels)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(BcosConv2d(in_channels, out_channels, 1, stride=stride, b=b), PositionNorm(out_channels))
+            self.shortcut = nn.Sequential(BcosConv2d(in_channels, out_channels, 1, stride=stride, b=b, max_out=max_out),
+                                          PositionNorm(out_channels))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.norm2(self.conv2(self.norm1(self.conv1(x)))) + self.shortcut(x)
@@ -171,17 +185,18 @@ class BcosResNet(nn.Module):
         num_classes: int,
         in_channels: int = 3,
         b: float = 2.0,
+        max_out: int = 1,
     ) -> None:
         super().__init__()
         blocks_per_stage = cifar_blocks_per_stage(depth)
         self.denormalize = Denormalize(in_channels)
         self.add_inverse = AddInverse()
-        self.conv1 = BcosConv2d(2 * in_channels, widths[0], 3, padding=1, b=b)
+        self.conv1 = BcosConv2d(2 * in_channels, widths[0], 3, padding=1, b=b, max_out=max_out)
         self.norm1 = PositionNorm(widths[0])
-        self.layer1 = _make_stage(widths[0], widths[1], blocks_per_stage, stride=1, b=b)
-        self.layer2 = _make_stage(widths[1], widths[2], blocks_per_stage, stride=2, b=b)
-        self.layer3 = _make_stage(widths[2], widths[3], blocks_per_stage, stride=2, b=b)
-        self.fc = BcosConv2d(widths[3], num_classes, 1, b=b)
+        self.layer1 = _make_stage(widths[0], widths[1], blocks_per_stage, stride=1, b=b, max_out=max_out)
+        self.layer2 = _make_stage(widths[1], widths[2], blocks_per_stage, stride=2, b=b, max_out=max_out)
+        self.layer3 = _make_stage(widths[2], widths[3], blocks_per_stage, stride=2, b=b, max_out=max_out)
+        self.fc = BcosConv2d(widths[3], num_classes, 1, b=b, max_out=max_out)
         init_weights(self)
 
     def set_input_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -217,20 +232,22 @@ class BcosResNet(nn.Module):
                 layer.detach_dynamic_scale = detach
 
 
-def _make_stage(in_channels: int, out_channels: int, num_blocks: int, stride: int, b: float) -> nn.Sequential:
-    blocks = [BcosBasicBlock(in_channels, out_channels, stride, b)]
-    blocks += [BcosBasicBlock(out_channels, out_channels, 1, b) for _ in range(num_blocks - 1)]
+def _make_stage(in_channels: int, out_channels: int, num_blocks: int, stride: int, b: float,
+                max_out: int) -> nn.Sequential:
+    blocks = [BcosBasicBlock(in_channels, out_channels, stride, b, max_out)]
+    blocks += [BcosBasicBlock(out_channels, out_channels, 1, b, max_out) for _ in range(num_blocks - 1)]
     return nn.Sequential(*blocks)
 
 
 for _base in ("resnet8", "resnet20", "resnet56", "resnet8x4", "resnet32x4"):
     _depth, _widths = cifar_resnet._VARIANTS[_base]
-    register_model(
-        f"bcos_{_base}",
-        partial(BcosResNet, depth=_depth, widths=_widths),
-        family="bcos",
-        stages=("layer1", "layer2", "layer3"),
-        # The 1×1 B-cos conv applied to the last stage before pooling (see BcosResNet).
-        classifier="fc",
-        input_normalization=True,  # Denormalize: set_input_normalization(mean, std)
-    )
+    for _prefix, _max_out in (("bcos", 1), ("bcos_v2", 2)):
+        register_model(
+            f"{_prefix}_{_base}",
+            partial(BcosResNet, depth=_depth, widths=_widths, max_out=_max_out),
+            family="bcos",
+            stages=("layer1", "layer2", "layer3"),
+            # The 1×1 B-cos conv applied to the last stage before pooling (see BcosResNet).
+            classifier="fc",
+            input_normalization=True,  # Denormalize: set_input_normalization(mean, std)
+        )

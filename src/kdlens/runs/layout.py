@@ -5,6 +5,8 @@
     <run>/checkpoints/last.ckpt   the last epoch (written atomically every epoch; what --resume reads)
     <run>/results.json            RunResults (written last: its presence means finished)
     <run>/logs/csv/version_N/     metrics.csv of each attempt; logs/tensorboard/ event files
+    <run>/launch.json             how a sweep launcher started it (job id, log file; the error if it failed)
+    <run>/launch.log              a pool worker's output
 
 and everything else (`kdlens runs`, the report, the sweep, export, the demo, the benchmark tables)
 reaches these files through :class:`RunFolder`.
@@ -24,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from kdlens.config import ConfigError, ExperimentConfig, dump_config
+from kdlens.config import ConfigError, ExperimentConfig, dump_config, validate_config
 from kdlens.errors import OutputError
 from kdlens.io import atomic_write_text, write_json
 from kdlens.runs.results import CHECKPOINTS, RunResults
@@ -35,20 +37,27 @@ CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_SUFFIX = ".ckpt"
 BEST, LAST = (f"{which}{CHECKPOINT_SUFFIX}" for which in CHECKPOINTS)
 LOGS_DIR = "logs"
-CSV_LOGS, TENSORBOARD_LOGS = "csv", "tensorboard"
-"""Logger names under logs/: CSVLogger's version_N folders, TensorBoard's event files."""
+CSV_LOGS, TENSORBOARD_LOGS, MLFLOW_LOGS = "csv", "tensorboard", "mlruns"
+"""Logger folders under logs/: CSVLogger's version_N folders, TensorBoard's event files, MLflow's
+file store (W&B writes logs/wandb/ itself)."""
 LOCK_FILE = ".lock"
+LAUNCH_FILE, LAUNCH_LOG = "launch.json", "launch.log"
 
 FINISHED, INTERRUPTED, EMPTY = "finished", "interrupted", "empty/failed"
 """A run folder's status: results.json is there; last.ckpt without results.json (resume it with
 --resume); config.yaml only (stopped or failed before its first epoch ended)."""
 
-RESUME_IGNORES = ("output_dir",)
-"""Config keys that may differ on --resume: the folder a run is resumed in (it may have moved)."""
+RESUME_IGNORES = ("output_dir", "tags", "slurm")
+"""Config keys that may differ on --resume: the folder a run is resumed in (it may have moved),
+the trackers' labels and the job's resources."""
 
 
 class RunFolderError(ConfigError):
     """A run folder that cannot be used as asked; the message names the fix."""
+
+
+class RunFolderInUse(RunFolderError):
+    """Another live process holds the run folder's lock (it is training that run)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,14 @@ class RunFolder:
     @property
     def logs_dir(self) -> Path:
         return self.path / LOGS_DIR
+
+    @property
+    def launch_file(self) -> Path:
+        return self.path / LAUNCH_FILE
+
+    @property
+    def launch_log(self) -> Path:
+        return self.path / LAUNCH_LOG
 
     @staticmethod
     def of_checkpoint(checkpoint: str | Path) -> tuple[RunFolder, str] | None:
@@ -186,6 +203,10 @@ class RunFolder:
             return
         if self.config_file.exists():
             before = self.read_config()
+            try:  # with the defaults of keys added since it was written
+                before = validate_config(before).model_dump(mode="json")
+            except ConfigError:
+                pass
             now = config.model_dump(mode="json")
             changed = sorted(k for k in before.keys() | now.keys() if k not in RESUME_IGNORES and before.get(k) != now.get(k))
             if changed:
@@ -215,7 +236,7 @@ class RunFolder:
             except OSError:
                 handle.seek(0)
                 holder = handle.read().strip() or "unknown"
-                raise RunFolderError(
+                raise RunFolderInUse(
                     f"'{self.path}' is in use by another run (PID {holder}): wait for it to end, or set "
                     "output_dir to another folder"
                 ) from None
@@ -227,6 +248,35 @@ class RunFolder:
             except OSError as err:
                 raise OutputError(self.path / LOCK_FILE, err) from None
             yield
+
+
+    def holder(self) -> str | None:
+        """The PID of the live process that holds the folder's lock (training the run), or None."""
+        import fcntl
+
+        try:
+            handle = open(self.path / LOCK_FILE)
+        except OSError:
+            return None
+        with handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return handle.read().strip() or "unknown"
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            return None
+
+    def read_launch(self) -> dict[str, Any]:
+        """What the launcher recorded (``launch.json``); empty when nothing (readable) was."""
+        try:
+            loaded = json.loads(self.launch_file.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            return {}
+        return loaded if isinstance(loaded, dict) else {}
+
+    def write_launch(self, **record: Any) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return write_json(self.launch_file, record)
 
 
 def _is_first_process() -> bool:

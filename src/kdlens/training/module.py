@@ -16,6 +16,7 @@ from kdlens.config import RecipeConfig
 from kdlens.errors import UserError
 from kdlens.distill import DistillBatch, DistillLoss
 from kdlens.distill.frozen import TEACHER_LOGITS
+from kdlens.engine import InferenceEngine
 from kdlens.models import FeatureTaps, get_model_spec
 from kdlens.runs.checkpoints import CheckpointInfo, write_training_checkpoint
 from kdlens.runs.layout import CHECKPOINTS_DIR, LAST
@@ -38,9 +39,12 @@ class DistillationModule(L.LightningModule):
         probe: dict[str, torch.Tensor],
         teacher: nn.Module | None = None,
         memory_format: torch.memory_format = torch.contiguous_format,
+        teacher_engine: str = "auto",
     ) -> None:
         """``probe`` is a small batch used once to size the loss terms' connectors, so that they
-        exist before the optimiser is built and before a checkpoint is restored."""
+        exist before the optimiser is built and before a checkpoint is restored. ``teacher_engine``:
+        the :mod:`kdlens.engine` backend of the teacher's forward where no term reads its features
+        or differentiates it (``eager``: the teacher itself)."""
         super().__init__()
         self.model = model
         self.losses = losses
@@ -51,6 +55,8 @@ class DistillationModule(L.LightningModule):
         student_paths, teacher_paths = losses.feature_paths()
         self.student_taps = FeatureTaps(model, student_paths)
         self.teacher_taps = FeatureTaps(teacher, teacher_paths) if teacher is not None else None
+        # Many calls follow: choose the backend at the first batch.
+        self.teacher_forward = InferenceEngine(teacher, teacher_engine, select_after=0.0) if teacher is not None else None
         model.eval()
         with torch.no_grad():
             losses.build_connectors(self._distill_batch(probe))
@@ -88,6 +94,9 @@ class DistillationModule(L.LightningModule):
         if not needs_pass:
             return frozen_logits, {}, None
         needs_graph = self.losses.needs_teacher_graph and torch.is_grad_enabled()
+        if not needs_graph and not self.teacher_taps.paths:
+            with torch.no_grad():
+                return self.teacher_forward(images), {}, None
         with torch.set_grad_enabled(needs_graph), self.teacher_taps.grad_leaves(needs_graph):
             logits = self.teacher(images)
         features = self.teacher_taps.as_dict()
@@ -134,7 +143,7 @@ class DistillationModule(L.LightningModule):
         self.log("val/top1", self.val_top1, on_epoch=True, prog_bar=True)
         self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True)
         if self.teacher is not None:
-            self.val_agreement(logits.argmax(1), self.teacher(images).argmax(1))
+            self.val_agreement(logits.argmax(1), self.teacher_forward(images).argmax(1))
             self.log("val/agreement", self.val_agreement, on_epoch=True)
 
     def _what_was_kept(self) -> str:

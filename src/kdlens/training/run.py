@@ -6,6 +6,7 @@ validation (so ``--dry-run`` makes it too)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from torch import nn
 from torch.utils.data import default_collate
 
@@ -37,14 +38,14 @@ from kdlens.runs.checkpoints import (
     training_state,
 )
 from kdlens.runs.importing import import_or_load
-from kdlens.runs.layout import CSV_LOGS, TENSORBOARD_LOGS, RunFolder
+from kdlens.runs.layout import CSV_LOGS, MLFLOW_LOGS, TENSORBOARD_LOGS, RunFolder
 from kdlens.runs.results import CHECKPOINTS, CheckpointResults, RunResults
 from kdlens.training.callbacks import RNGStateCallback
 from kdlens.training.checkpoints import AtomicCheckpointIO
 from kdlens.training.datamodule import BundleDataModule
 from kdlens.training.module import DistillationModule
 from kdlens.training.progress import RunProgress
-from kdlens.verbosity import library_output_hidden
+from kdlens.verbosity import is_verbose, library_output_hidden
 
 
 @dataclass
@@ -137,7 +138,10 @@ def build_components(config: ExperimentConfig, bundle: DataBundle | None = None)
     networks = [network for network in (model, teacher) if network is not None]
     for network in networks:
         network.to(memory_format=memory_format)
-    module = DistillationModule(model, losses, config.recipe, bundle.num_classes, info, probe, teacher, memory_format)
+    # trainer.compile compiles the teacher in place below: the engine must not bypass that forward.
+    teacher_engine = "eager" if config.trainer.compile else config.trainer.teacher_engine
+    module = DistillationModule(model, losses, config.recipe, bundle.num_classes, info, probe, teacher, memory_format,
+                                teacher_engine)
     if config.trainer.compile:  # logit-based terms only: the config refuses the others
         for network in networks:
             network.compile()  # in place: parameter names (and checkpoints) stay the same
@@ -191,7 +195,7 @@ def _weights_source(config: ModelConfig, model: nn.Module) -> dict[str, Any] | N
 
 # ---------------------------------------------------------------- trainer
 
-KDLENS_TRAINER_OPTIONS = frozenset({"channels_last", "compile"})
+KDLENS_TRAINER_OPTIONS = frozenset({"channels_last", "compile", "teacher_engine", "loggers"})
 """TrainerConfig options kdlens applies to the models itself; every other option is a Lightning
 Trainer argument, under its own name or the one in :data:`TRAINER_ARGUMENT_NAMES`."""
 TRAINER_ARGUMENT_NAMES = {"progress_bar": "enable_progress_bar"}
@@ -229,12 +233,51 @@ def build_trainer(config: ExperimentConfig, folder: RunFolder, callbacks: Sequen
         return L.Trainer(
             **trainer_arguments(config.trainer, config.recipe),
             default_root_dir=folder.path,
-            # A new CSV version folder per attempt: CSVLogger would otherwise overwrite an interrupted
-            # attempt's metrics.csv on resume. TensorBoard appends event files by itself.
-            logger=[CSVLogger(folder.logs_dir, name=CSV_LOGS), TensorBoardLogger(folder.logs_dir, name=TENSORBOARD_LOGS, version="")],
+            logger=build_loggers(config, folder),
             callbacks=[best_checkpoint, last_checkpoint, RNGStateCallback(), *progress, *callbacks],
             plugins=[AtomicCheckpointIO()],
         )
+
+
+def build_loggers(config: ExperimentConfig, folder: RunFolder) -> list[Logger]:
+    """The loggers ``trainer.loggers`` names, each writing under ``folder``'s logs/. W&B runs offline
+    unless ``WANDB_MODE`` says otherwise; MLflow writes to its file store in logs/mlruns unless
+    ``MLFLOW_TRACKING_URI`` names a server. Both get the run's name, its tags and its config."""
+    made: list[Logger] = []
+    labels = {"model": config.model.name, "teacher": config.teacher.name if config.teacher else "none", "seed": str(config.seed)}
+    for name in config.trainer.loggers:
+        if name == "csv":
+            # A new version folder per attempt: CSVLogger would otherwise overwrite an interrupted
+            # attempt's metrics.csv on resume.
+            made.append(CSVLogger(folder.logs_dir, name=CSV_LOGS))
+        elif name == "tensorboard":  # appends event files by itself
+            made.append(TensorBoardLogger(folder.logs_dir, name=TENSORBOARD_LOGS, version=""))
+        elif name == "wandb":
+            import wandb
+
+            tracker = WandbLogger(
+                name=config.name, project=os.environ.get("WANDB_PROJECT", "kdlens"), save_dir=str(folder.logs_dir),
+                offline=os.environ.get("WANDB_MODE", "offline") == "offline",
+                tags=[*config.tags, *(f"{key}={value}" for key, value in labels.items())],
+                config=config.model_dump(mode="json"), settings=wandb.Settings(silent=not is_verbose()),
+            )
+            # Lightning passes wandb.init anonymous=None, which wandb warns has no effect.
+            getattr(tracker, "_wandb_init", {}).pop("anonymous", None)
+            made.append(tracker)
+        elif name == "mlflow":
+            from lightning.pytorch.loggers import MLFlowLogger
+
+            tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
+            if not tracking_uri:  # MLflow 3 keeps its file store in maintenance mode, refused unless allowed
+                tracking_uri = (folder.logs_dir / MLFLOW_LOGS).resolve().as_uri()
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            tracker = MLFlowLogger(
+                experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", "kdlens"), run_name=config.name, tracking_uri=tracking_uri,
+                tags={**labels, **dict(tag.partition("=")[::2] for tag in config.tags)},
+            )
+            tracker.log_hyperparams(config.model_dump(mode="json"))
+            made.append(tracker)
+    return made
 
 
 def fit(trainer: L.Trainer, parts: Components, config: ExperimentConfig, folder: RunFolder, resume: bool) -> float:
@@ -249,6 +292,9 @@ def fit(trainer: L.Trainer, parts: Components, config: ExperimentConfig, folder:
             datamodule=BundleDataModule(parts.bundle, config.data, config.seed),
             ckpt_path=folder.last if resume and folder.resumable else None,
         )
+        for logger in trainer.loggers:  # W&B writes in the background until its run is finished
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish()
     return time.perf_counter() - started
 
 
@@ -267,7 +313,10 @@ def evaluate_run(config: ExperimentConfig, parts: Components, folder: RunFolder,
         checkpoint = load_checkpoint_file(path)
         models[which], _ = model_from_checkpoint(checkpoint, path)
         states[which] = training_state(checkpoint)
+    if states["best"][0] is not None and states["best"][0] == states["last"][0]:  # the last epoch was the best: evaluated once
+        del models["last"]
     reports = evaluate_models(models, parts.bundle, config.data, parts.teacher)
+    reports.setdefault("last", reports["best"])
     evaluated = {
         which: CheckpointResults(epoch=epoch, val_top1=val_metrics.get("val/top1"), splits=reports[which])
         for which, (epoch, val_metrics) in states.items()
