@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Subset
 from kdlens.config import validate_config, validate_data_config
 from kdlens.data import build_data
 from kdlens.data.common import MASK_KEYS
+from kdlens.aggregate import aggregate
 from kdlens.evaluation import (
     aggregate_scores,
     evaluate_explanations,
@@ -52,7 +53,7 @@ from kdlens.training.sweep import plan_sweep, run_sweep
 COLUMN_NOTES = {
     "best top-1": "test top-1 of the checkpoint with the best validation top-1",
     "last top-1": "test top-1 after the last epoch (for a teacher: on its own training data)",
-    "in-distribution top-1": "test top-1 where the background agrees with the class at the training rate",
+    "in-distribution top-1": "test top-1 where the shortcut colour agrees with the class at the training rate",
     "shifted top-1": "top-1 where the shortcut colour and the class are independent",
     "worst-group": "lowest top-1 over the (class × shortcut colour) groups of the shifted split",
     "shortcut gap": "shifted split: top-1 where the shortcut colour agrees with the class minus top-1 where it does not",
@@ -66,7 +67,7 @@ ALIASES = {"in-distribution top-1": "best top-1"}
 EVALUATION_FILE = "table_evaluation.json"
 SPEC_KEYS = {"title", "description", "output_dir", "part", "seeds", "explain_n", "explainer", "metrics", "columns",
              "teachers", "student", "rows"}
-OPTIONAL_SPEC_KEYS = {"teacher_explainers", "explain_split"}
+OPTIONAL_SPEC_KEYS = {"teacher_explainers", "explain_split", "compare"}
 ROW_KEYS = {"row", "teacher", "explainer", "evaluation_data"}
 """Row keys that are not config sections."""
 
@@ -217,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("spec", type=Path)
     parser.add_argument("--seeds", type=int, help="seeds per row (default: the spec's)")
     parser.add_argument("--device", help="device the evaluation runs on: cpu, cuda, ... (default: CUDA when present, else CPU)")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="train nothing: write the rows whose runs have all finished, and name the others as missing")
     args = parser.parse_args(argv)
     spec = read_spec(args.spec, args.seeds)
     out = Path(spec["output_dir"])
@@ -228,8 +231,13 @@ def main(argv: list[str] | None = None) -> None:
     for row in spec["rows"]:
         row_dir = out / slug(row["row"])
         runs = plan_sweep(row_config(spec, row, {name: folder.best for name, folder in teachers.items()}), [], spec["seeds"], row_dir)
-        run_sweep(runs, row_dir, timings.train)
+        if not args.finished_only:
+            run_sweep(runs, row_dir, timings.train)
         row_runs.append((row, runs))
+    missing = []
+    if args.finished_only:
+        missing = [row["row"] for row, runs in row_runs if not all(RunFolder(r.config.run_dir).finished for r in runs)]
+        row_runs = [(row, runs) for row, runs in row_runs if row["row"] not in missing]
     unfinished = [str(run.config.run_dir) for _, runs in row_runs for run in runs if not RunFolder(run.config.run_dir).finished]
     if unfinished:  # held by another process (run_sweep skipped them): evaluate once they are done
         raise SystemExit(f"{len(unfinished)} runs are being trained by another process ({', '.join(unfinished[:3])} ...): "
@@ -255,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         if result["best top-1"] < 1.5 * chance:  # a teacher this weak makes its students' rows meaningless
             warnings.append(f"**Teacher {name} did not learn** (test top-1 {result['best top-1']:.3f}, chance "
                             f"{chance:.3f}): the rows distilled from it say nothing about their method.")
+    row_results: dict[str, list[dict]] = {}
     for row, runs in row_runs:
         explainer = row.get("explainer", spec["explainer"])
         data = evaluation_data(spec, row)
@@ -272,11 +281,37 @@ def main(argv: list[str] | None = None) -> None:
             for run in runs
         ]
         table.append(table_row(row["row"], explainer, results, spec, [str(r.config.run_dir) for r in runs], timings))
+        row_results[row["row"]] = results
+    if "compare" in spec:
+        warnings += comparisons(spec["compare"], row_results)
+    if missing:
+        warnings.insert(0, f"**Partial table: {len(missing)} of {len(spec['rows'])} rows not trained yet** "
+                           f"({'; '.join(missing)}): nothing is claimed about them.")
     write_part(spec, table, warnings, time.perf_counter() - started, evaluator_for(evaluation_data(spec, None)).mask_shares)
 
 
 def teacher_explainer(spec: dict[str, Any], name: str) -> str:
     return spec.get("teacher_explainers", {}).get(name, spec["explainer"])
+
+
+def comparisons(compare: dict[str, str], row_results: dict[str, list[dict]]) -> list[str]:
+    """Each row against ``compare["baseline"]`` on ``compare["column"]``: a difference is called
+    established only where it exceeds both rows' sample std over seeds."""
+    baseline, column = compare["baseline"], compare["column"]
+    if baseline not in row_results:
+        return [f"No comparison on {column}: the baseline row '{baseline}' is not in the table."]
+    base = aggregate(r.get(column) for r in row_results[baseline])
+    lines = []
+    for title, results in row_results.items():
+        stats = aggregate(r.get(column) for r in results)
+        if title == baseline or stats.n < 2 or base.n < 2:
+            continue
+        difference = stats.mean - base.mean
+        verdict = ("established" if abs(difference) > max(stats.std, base.std)
+                   else "not established (within a seed std)")
+        lines.append(f"- {column}, {title} − {baseline}: {difference:+.4f} (seed stds {stats.std:.4f} and "
+                     f"{base.std:.4f}): {'higher' if difference > 0 else 'lower'} is {verdict}.")
+    return [f"Against {baseline} on {column}:\n" + "\n".join(lines)] if lines else []
 
 
 def table_row(title: str, explainer: str, results: list[dict], spec: dict[str, Any], run_dirs: list[str], timings: Timings) -> dict:

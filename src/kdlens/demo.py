@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from torch.utils.data import Dataset
+
 from kdlens.config import ConfigError, ExperimentConfig, validate_config
-from kdlens.data import DataConfigBase, build_data
+from kdlens.data import DataBundle, DataConfigBase, build_data
 from kdlens.evaluation import collect_report_data, predict_splits, resolve_device, split_reports
 from kdlens.io import atomic_write_text, rows_to_csv, write_json
 from kdlens.metrics import create_metrics
@@ -29,7 +31,7 @@ from kdlens.training.run import run_experiment
 SHORTCUT = 0.95
 E2KD_WEIGHT = 5.0
 DEMO_EPOCHS = 8
-DEMO_TEACHER_EPOCHS = 5
+DEMO_TEACHER_EPOCHS = 4
 
 
 def demo_configs(out: Path, epochs: int, teacher_epochs: int) -> dict[str, dict[str, Any]]:
@@ -101,9 +103,11 @@ def run_demo(out: Path, epochs: int = DEMO_EPOCHS, teacher_epochs: int = DEMO_TE
         run = run_experiment(config, resume=folders[name].resumable)
         log(f"[{name}] done in {run.results.train_seconds:.0f}s, best val top-1 {run.results.best.val_top1:.3f}")
 
-    reports = evaluate_demo(configs, folders, configs["kd"].data, device)
+    data = configs["kd"].data
+    bundle = build_data(data)
+    reports = evaluate_demo(configs, folders, data, bundle, device)
     log(f"explaining {EXPLAINED} shifted images per model (Grad-CAM) ...")
-    for name, energies in explanation_energies(folders, configs["kd"].data, device).items():
+    for name, energies in explanation_energies(folders, bundle.extra_splits["shifted"], device).items():
         reports[name]["shifted"].update(energies)
     rows = [{"model": name, **flatten_report(report)} for name, report in reports.items()]
     results = {
@@ -116,23 +120,23 @@ def run_demo(out: Path, epochs: int = DEMO_EPOCHS, teacher_epochs: int = DEMO_TE
     atomic_write_text(out / "results.csv", rows_to_csv(rows))
     log(format_table(rows, COLUMNS))
     log(f"results: {out / 'results.json'}, {out / 'results.csv'} ({results['seconds']:.0f}s)")
-    # Small limits and one thread keep the report to a few seconds on a busy laptop CPU.
+    # Small limits and one thread keep the report to a few seconds on a busy laptop CPU; t-SNE, its
+    # slowest part, is left out (`kdlens report runs/demo/*` draws it).
     report_data = collect_report_data([config.run_dir for config in configs.values()], data_limit=128, explain_n=16,
-                                      threads=1, device=device)
+                                      tsne=False, threads=1, device=device)
     report = write_report(report_data, out / "report.html")
     log(f"report: {report}")
     return results
 
 
 def evaluate_demo(configs: dict[str, ExperimentConfig], folders: dict[str, RunFolder], data: DataConfigBase,
-                  device: Any = None) -> dict[str, dict[str, dict]]:
+                  bundle: DataBundle, device: Any = None) -> dict[str, dict[str, dict]]:
     """``{run: {split: report}}`` of every run's best checkpoint on the students' data, against the
     teacher: what :func:`kdlens.evaluation.evaluate_checkpoints` gives, with the teacher's
     predictions computed once (the teacher's own row agrees with itself), and each distilled
     student's report read from its run, which evaluated exactly this (the same data and teacher
     checkpoint) when it ended, unless the teacher has been retrained since."""
     device = resolve_device(device)
-    bundle = build_data(data)
     teacher_folder = folders["teacher"]
     teacher, _ = load_model(teacher_folder.best)
     teacher_predictions = predict_splits(teacher.to(device), bundle, data, device)
@@ -167,11 +171,10 @@ def _stored_report(config: ExperimentConfig, folder: RunFolder, data: DataConfig
     return {split: stored[split] for split in splits} if set(splits) <= set(stored) else None
 
 
-def explanation_energies(folders: dict[str, RunFolder], data: DataConfigBase, device: Any = None) -> dict[str, dict]:
+def explanation_energies(folders: dict[str, RunFolder], shifted: Dataset, device: Any = None) -> dict[str, dict]:
     """Per run: the mean share of its Grad-CAM (of its own top-1 class) on the decoy patch and on
-    the shape, over the first :data:`EXPLAINED` shifted images."""
+    the shape, over the first :data:`EXPLAINED` images of the (un-augmented) ``shifted`` split."""
     device = resolve_device(device)
-    shifted = build_data(data.model_copy(update={"augment": False})).extra_splits["shifted"]
     metrics = create_metrics(EXPLANATION_METRICS)
     models = {name: load_model(folder.best)[0] for name, folder in folders.items()}
     scores = evaluate_explanations(models, shifted, ["gradcam"], metrics, target="pred", n=EXPLAINED,

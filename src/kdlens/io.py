@@ -84,6 +84,17 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def read_json(path: Path, error: type[Exception], missing: str, unreadable_fix: str) -> Any:
+    """The JSON in ``path``; ``error(missing)`` when the file does not exist, ``error`` naming the
+    file and ``unreadable_fix`` when it cannot be read or parsed."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(missing) from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise error(f"{path} is unreadable ({type(err).__name__}): {unreadable_fix}") from None
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 

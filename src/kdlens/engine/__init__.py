@@ -8,8 +8,8 @@ from typing import Any
 
 from kdlens.engine.backends import BACKENDS, EngineBackend
 
-__all__ = ["BACKENDS", "EngineBackend", "InferenceEngine", "UnknownBackend", "default_backend",
-           "inference_forward", "set_default_backend"]
+__all__ = ["BACKENDS", "SELECT_AFTER_SECONDS", "EngineBackend", "InferenceEngine", "UnknownBackend",
+           "default_backend", "inference_forward", "set_default_backend"]
 
 
 def __getattr__(name: str) -> Any:

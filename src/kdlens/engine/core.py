@@ -33,10 +33,14 @@ PARITY_RTOL = 1e-4
 logits' largest magnitude from the eager ones."""
 SPEEDUP_MARGIN = 1.05
 """``auto`` keeps eager unless a backend is at least this much faster (timing noise)."""
-SELECT_AFTER_SECONDS = 1.0
+SELECT_AFTER_SECONDS = 5.0
 """Shared engines (:func:`inference_forward`) run eager until this much eager forward time has
-been spent on one input kind, so that short jobs never pay for building backends (about a second
-each); after that they measure once and keep the choice."""
+been spent on one input kind, so that short jobs never pay for building and timing backends
+(a few seconds for a CIFAR net, measured: at 1 s, choosing took most of a demo's evaluation);
+after that they measure once and keep the choice."""
+MEASURE_BATCH = 32
+"""Images of the batch at hand that building, the parity check and the timing rounds run on: the
+choice then costs about the same whatever the batch size."""
 CHOICE_MIN_BATCH = 8
 """Batches smaller than this run eager and never decide the backend: per-call overheads dominate
 them (a probe batch of two would pick eager for every later batch of 64)."""
@@ -155,14 +159,15 @@ class InferenceEngine:
         if reason is not None:
             self._log(f"{_name(model)} runs eager: {reason}")
             return "eager"
+        probe = x[:MEASURE_BATCH]
         if self.backend != "auto":
-            built = self._build(self.backend, model, x)
+            built = self._build(self.backend, model, probe)
             if built is None:
                 return "eager"
             self._built[kind] = built
             return self.backend
-        builds = {name: built for name in auto_candidates(x) if (built := self._build(name, model, x)) is not None}
-        times = _seconds_per_forward({"eager": model, **{name: built.run for name, built in builds.items()}}, x)
+        builds = {name: built for name in auto_candidates(x) if (built := self._build(name, model, probe)) is not None}
+        times = _seconds_per_forward({"eager": model, **{name: built.run for name, built in builds.items()}}, probe)
         best = min(times, key=times.__getitem__)
         if times[best] * SPEEDUP_MARGIN > times["eager"]:
             best = "eager"

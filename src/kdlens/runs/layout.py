@@ -28,7 +28,7 @@ import yaml
 
 from kdlens.config import ConfigError, ExperimentConfig, dump_config, validate_config
 from kdlens.errors import OutputError
-from kdlens.io import atomic_write_text, write_json
+from kdlens.io import atomic_write_text, read_json, write_json
 from kdlens.runs.results import CHECKPOINTS, RunResults
 
 CONFIG_FILE = "config.yaml"
@@ -157,15 +157,12 @@ class RunFolder:
         return atomic_write_text(self.config_file, dump_config(config))
 
     def read_results(self) -> RunResults:
-        try:
-            loaded = json.loads(self.results_file.read_text())
-        except FileNotFoundError:
-            raise RunFolderError(
-                f"'{self.path}' has no {RESULTS_FILE}: the run has not finished (`kdlens runs` shows its status; "
-                "continue it with --resume)"
-            ) from None
-        except (OSError, UnicodeDecodeError, ValueError) as err:
-            raise RunFolderError(f"{self.results_file} is unreadable ({type(err).__name__}): re-run the evaluation") from None
+        loaded = read_json(
+            self.results_file, RunFolderError,
+            f"'{self.path}' has no {RESULTS_FILE}: the run has not finished (`kdlens runs` shows its status; "
+            "continue it with --resume)",
+            "re-run the evaluation",
+        )
         if not isinstance(loaded, dict):
             raise RunFolderError(f"{self.results_file} does not hold run results (a mapping)")
         return RunResults.from_dict(loaded)

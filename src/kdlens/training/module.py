@@ -16,7 +16,7 @@ from kdlens.config import RecipeConfig
 from kdlens.errors import UserError
 from kdlens.distill import DistillBatch, DistillLoss
 from kdlens.distill.frozen import TEACHER_LOGITS
-from kdlens.engine import InferenceEngine
+from kdlens.engine import SELECT_AFTER_SECONDS, InferenceEngine
 from kdlens.models import FeatureTaps, get_model_spec
 from kdlens.runs.checkpoints import CheckpointInfo, write_training_checkpoint
 from kdlens.runs.layout import CHECKPOINTS_DIR, LAST
@@ -55,8 +55,12 @@ class DistillationModule(L.LightningModule):
         student_paths, teacher_paths = losses.feature_paths()
         self.student_taps = FeatureTaps(model, student_paths)
         self.teacher_taps = FeatureTaps(teacher, teacher_paths) if teacher is not None else None
-        # Many calls follow: choose the backend at the first batch.
-        self.teacher_forward = InferenceEngine(teacher, teacher_engine, select_after=0.0) if teacher is not None else None
+        # With the teacher's logits in every training batch (frozen), it runs only for validation:
+        # a backend is chosen once its eager time says the choice pays. Else many calls follow:
+        # choose at the first batch.
+        frozen = TEACHER_LOGITS in probe
+        self.teacher_forward = (InferenceEngine(teacher, teacher_engine, select_after=SELECT_AFTER_SECONDS if frozen else 0.0)
+                                if teacher is not None else None)
         model.eval()
         with torch.no_grad():
             losses.build_connectors(self._distill_batch(probe))

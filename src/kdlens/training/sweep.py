@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from kdlens.aggregate import format_aggregate
 from kdlens.config import ConfigError, ExperimentConfig, apply_override, check_run_name, validate_config
-from kdlens.io import atomic_write_text, markdown_table, rows_to_csv
+from kdlens.io import atomic_write_text, markdown_table, read_json, rows_to_csv
 from kdlens.errors import UserError
 from kdlens.runs.layout import FINISHED, RunFolder, RunFolderInUse
 from kdlens.runs.results import RunResults
@@ -213,16 +213,12 @@ def write_plan(runs: list[SweepRun], sweep_dir: Path) -> Path:
 
 def read_plan(sweep_dir: Path) -> list[dict]:
     """The runs of a sweep folder (name, point, seed, and their folder relative to it)."""
-    try:
-        plan = json.loads((sweep_dir / PLAN_FILE).read_text())
-    except FileNotFoundError:
-        raise ConfigError(
-            f"'{sweep_dir}' holds no {PLAN_FILE}: it is not a sweep folder, or its sweep never started. "
-            "Give the folder `kdlens sweep --out` wrote to (default runs/<name>-sweep)"
-        ) from None
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ConfigError(f"{sweep_dir / PLAN_FILE} is unreadable ({type(err).__name__}): re-run the sweep to rewrite it") from None
-    return plan
+    return read_json(
+        sweep_dir / PLAN_FILE, ConfigError,
+        f"'{sweep_dir}' holds no {PLAN_FILE}: it is not a sweep folder, or its sweep never started. "
+        "Give the folder `kdlens sweep --out` wrote to (default runs/<name>-sweep)",
+        "re-run the sweep to rewrite it",
+    )
 
 
 def summarise(runs: list[SweepRun]) -> list[dict]:
