@@ -30,3 +30,9 @@ def test_demo_prints_the_table_writes_results_and_reuses_finished_runs(tmp_path,
 
     again = CliRunner().invoke(app, ["demo", "--out", str(out), "--epochs", "1", "--teacher-epochs", "1"])
     assert again.exit_code == 0 and again.output.count("already trained") == 4
+
+
+def test_demo_refuses_zero_epochs_instead_of_falling_back_to_the_default(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "0"])
+    assert result.exit_code == 2 and "--epochs" in result.output
+    assert not (tmp_path / "demo").exists()

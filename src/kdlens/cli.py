@@ -336,8 +336,8 @@ def import_(
 @_user_errors
 def demo(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/demo"),
-    epochs: Annotated[Optional[int], typer.Option(help="student epochs (default: the demo's)")] = None,
-    teacher_epochs: Annotated[Optional[int], typer.Option(help="teacher epochs (default: the demo's)")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="student epochs (default: the demo's)")] = None,
+    teacher_epochs: Annotated[Optional[int], typer.Option(min=1, help="teacher epochs (default: the demo's)")] = None,
     device: Device = None,
 ) -> None:
     """Teacher on unbiased shapes; scratch, KD and e²KD students on shapes with a decoy-patch
