@@ -81,12 +81,12 @@ def kdlens_step(
     configs = validate_config(raw).losses
     context = TermContext(student, get_model_spec(STUDENT), teacher, get_model_spec(TEACHER))
     loss_module = DistillLoss(configs, context)
+    if not any(loss.get("frozen_teacher") for loss in losses):  # only frozen terms' batches carry teacher outputs
+        batch = {k: v for k, v in batch.items() if k not in (TEACHER_LOGITS, TEACHER_MAP)}
     probe = {k: v[:2] for k, v in batch.items()}
     module = DistillationModule(student, loss_module, RecipeConfig(), CLASSES, {}, probe,
                                 teacher if "teacher" in raw else None, teacher_engine=teacher_engine)
     optimizer = torch.optim.SGD([*student.parameters(), *loss_module.parameters()], lr=0.01, momentum=0.9)
-    if not any(loss.get("frozen_teacher") for loss in losses):
-        batch = {k: v for k, v in batch.items() if k not in (TEACHER_LOGITS, TEACHER_MAP)}
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)

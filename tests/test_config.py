@@ -107,3 +107,10 @@ def test_every_shipped_config_validates():
     assert configs
     for path in configs:
         load_config(path)
+
+
+def test_clock_times_stay_strings_so_a_slurm_time_of_a_day_is_1440_minutes():
+    from kdlens.config import load_yaml, slurm_minutes
+
+    assert load_yaml("time: 24:00:00\nepochs: 12\nlr: 3.0e-3") == {"time": "24:00:00", "epochs": 12, "lr": 3.0e-3}
+    assert slurm_minutes(load_yaml("24:00:00")) == 1440  # YAML 1.1 would read 86400

@@ -239,6 +239,27 @@ class SlurmConfig(_Section):
         return mem
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """Safe YAML, except that ``24:00:00`` stays a string, as in YAML 1.2: YAML 1.1 reads it as the
+    base-60 integer 86400, which turned a Slurm time of 24 hours into 86400 minutes."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """A config's YAML (a file or an override's value), with :class:`_ConfigLoader`."""
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def slurm_minutes(time: str | int) -> int:
     """Whole minutes (rounded up) of a duration in Slurm's formats: ``90`` (minutes), ``MM:SS``,
     ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``."""
@@ -437,7 +458,7 @@ def parse_yaml(path: Path) -> Any:
     if "\x00" in text:
         raise ConfigError(f"config file '{path}' is not a text file (it holds NUL bytes): give an experiment YAML file")
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"config file '{path}' is not valid YAML: {_yaml_problem(err)}") from None
 
@@ -480,7 +501,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
             raise ConfigError(_not_a_section(key, ".".join(parents[:i]), node))
         node = _child(node, part, key)
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(

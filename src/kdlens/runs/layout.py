@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from kdlens.config import ConfigError, ExperimentConfig, dump_config, validate_config
+from kdlens.config import ConfigError, ExperimentConfig, dump_config, load_yaml, validate_config
 from kdlens.errors import OutputError
 from kdlens.io import atomic_write_text, read_json, write_json
 from kdlens.runs.results import CHECKPOINTS, RunResults
@@ -144,7 +144,7 @@ class RunFolder:
     def read_config(self) -> dict[str, Any]:
         """The saved config.yaml as plain data (not validated: it may name plugins not installed here)."""
         try:
-            loaded = yaml.safe_load(self.config_file.read_text())
+            loaded = load_yaml(self.config_file.read_text())
         except FileNotFoundError:
             raise RunFolderError(f"'{self.path}' has no {CONFIG_FILE}: it is not a kdlens run folder") from None
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
