@@ -38,13 +38,17 @@ $(VENV)/.installed-bench: $(VENV)/.torch pyproject.toml
 	touch $@
 
 # Regenerates docs/BENCHMARKS.md: the speed tables (several minutes on 2 CPU cores) and the result
-# tables (about 75 minutes; trained runs and teachers are kept in runs/benchmarks/ and reused).
+# tables (a few CPU-hours; trained runs and teachers are kept in runs/benchmarks/ and reused).
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/explainers.py
 	$(BIN)/python benchmarks/metrics.py
 	$(BIN)/python benchmarks/tables.py configs/benchmarks/fashion_mnist.yaml
 	$(BIN)/python benchmarks/tables.py configs/benchmarks/shortcut.yaml
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bcos_recipe.py
+	$(BIN)/python benchmarks/tables.py configs/benchmarks/shortcut_bcos.yaml
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/training_cost.py configs/benchmarks/shortcut.yaml
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/training_cost.py configs/benchmarks/shortcut_bcos.yaml
 	$(BIN)/python benchmarks/collect.py
 
 clean:

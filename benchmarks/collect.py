@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-PARTS = ["fashion_mnist.md", "shortcut.md", "training.md", "explainers.md", "metrics.md"]
+PARTS = ["fashion_mnist.md", "shortcut.md", "shortcut_cost.md", "bcos_recipe.md", "shortcut_bcos.md", "shortcut_bcos_cost.md",
+         "training.md", "explainers.md", "metrics.md"]
 
 
 def _as_section(part: str) -> str:

@@ -87,6 +87,11 @@ def read_spec(path: Path, seeds: int | None) -> dict[str, Any]:
     unknown = [c for c in spec["columns"] if c not in COLUMN_NOTES and c not in spec["metrics"]]
     if unknown:
         raise SystemExit(f"{path}: unknown columns {unknown}; choose from {[*COLUMN_NOTES, *spec['metrics']]}")
+    titles = [row["row"] for row in spec["rows"]]
+    for compare in comparison_specs(spec):
+        if compare.get("baseline") not in titles or compare.get("column") not in spec["columns"]:
+            raise SystemExit(f"{path}: compare {compare} needs a baseline among the rows {titles} and a column among "
+                             f"{spec['columns']}")
     return spec
 
 
@@ -282,8 +287,9 @@ def main(argv: list[str] | None = None) -> None:
         ]
         table.append(table_row(row["row"], explainer, results, spec, [str(r.config.run_dir) for r in runs], timings))
         row_results[row["row"]] = results
-    if "compare" in spec:
-        warnings += comparisons(spec["compare"], row_results)
+    training_data = {row["row"]: row.get("data", spec["student"]["data"]) for row, _ in row_runs}
+    for compare in comparison_specs(spec):
+        warnings += comparisons(compare, row_results, training_data)
     if missing:
         warnings.insert(0, f"**Partial table: {len(missing)} of {len(spec['rows'])} rows not trained yet** "
                            f"({'; '.join(missing)}): nothing is claimed about them.")
@@ -294,8 +300,15 @@ def teacher_explainer(spec: dict[str, Any], name: str) -> str:
     return spec.get("teacher_explainers", {}).get(name, spec["explainer"])
 
 
-def comparisons(compare: dict[str, str], row_results: dict[str, list[dict]]) -> list[str]:
-    """Each row against ``compare["baseline"]`` on ``compare["column"]``: a difference is called
+def comparison_specs(spec: dict[str, Any]) -> list[dict[str, str]]:
+    """``compare`` is one ``{baseline, column}`` or a list of them."""
+    compare = spec.get("compare", [])
+    return [compare] if isinstance(compare, dict) else compare
+
+
+def comparisons(compare: dict[str, str], row_results: dict[str, list[dict]], training_data: dict[str, dict]) -> list[str]:
+    """Each row trained on the same data as ``compare["baseline"]`` against it on
+    ``compare["column"]`` (rows on other data answer another question): a difference is called
     established only where it exceeds both rows' sample std over seeds."""
     baseline, column = compare["baseline"], compare["column"]
     if baseline not in row_results:
@@ -304,14 +317,14 @@ def comparisons(compare: dict[str, str], row_results: dict[str, list[dict]]) -> 
     lines = []
     for title, results in row_results.items():
         stats = aggregate(r.get(column) for r in results)
-        if title == baseline or stats.n < 2 or base.n < 2:
+        if title == baseline or training_data[title] != training_data[baseline] or stats.n < 2 or base.n < 2:
             continue
         difference = stats.mean - base.mean
         verdict = ("established" if abs(difference) > max(stats.std, base.std)
                    else "not established (within a seed std)")
         lines.append(f"- {column}, {title} − {baseline}: {difference:+.4f} (seed stds {stats.std:.4f} and "
                      f"{base.std:.4f}): {'higher' if difference > 0 else 'lower'} is {verdict}.")
-    return [f"Against {baseline} on {column}:\n" + "\n".join(lines)] if lines else []
+    return [f"Against {baseline} (rows trained on its data) on {column}:\n" + "\n".join(lines)] if lines else []
 
 
 def table_row(title: str, explainer: str, results: list[dict], spec: dict[str, Any], run_dirs: list[str], timings: Timings) -> dict:

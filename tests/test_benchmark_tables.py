@@ -112,3 +112,26 @@ def test_a_tiny_table_is_trained_evaluated_and_then_reused(tmp_path, monkeypatch
     monkeypatch.setattr(tables.Evaluator, "evaluate", must_not_run)
     tables.main([str(spec_path)])
     assert (tmp_path / "docs" / "benchmarks" / "tiny.md").read_text().split("Measured")[0] == part.split("Measured")[0]
+
+
+def test_comparisons_need_more_than_a_seed_std_and_the_baselines_training_data():
+    def seeds(*values):
+        return [{"worst-group": v} for v in values]
+
+    decoy, colour = {"name": "shapes", "shortcut_kind": "patch"}, {"name": "shapes", "shortcut_kind": "background"}
+    results = {"KD": seeds(0.1, 0.2, 0.15), "e2KD": seeds(0.6, 0.7, 0.65), "close": seeds(0.1, 0.3, 0.2),
+               "colour": seeds(0.9, 0.9, 0.9)}
+    data = {"KD": decoy, "e2KD": decoy, "close": decoy, "colour": colour}
+    (text,) = tables.comparisons({"baseline": "KD", "column": "worst-group"}, results, data)
+    assert "e2KD − KD: +0.5000" in text and "higher is established" in text
+    assert "close − KD: +0.0500" in text and "not established" in text
+    assert "colour" not in text  # trained on other data: not compared
+
+
+def test_a_comparison_must_name_a_row_and_a_column(tmp_path):
+    raw = yaml.safe_load((ROOT / "configs" / "benchmarks" / "shortcut.yaml").read_text())
+    raw["compare"] = [{"baseline": "no such row", "column": "worst-group"}]
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    with pytest.raises(SystemExit, match="no such row"):
+        tables.read_spec(path, None)

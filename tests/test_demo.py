@@ -9,7 +9,7 @@ from kdlens.cli import app
 def test_demo_prints_the_table_writes_results_and_reuses_finished_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("KDLENS_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--epochs", "1", "--teacher-epochs", "1"])
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--epochs", "1", "--teacher-epochs", "1", "--train-size", "128"])
     assert result.exit_code == 0, result.output
     assert "worst-group" in result.output and "decoy energy" in result.output
     for model in ("teacher", "scratch", "kd", "e2kd"):
@@ -28,7 +28,7 @@ def test_demo_prints_the_table_writes_results_and_reuses_finished_runs(tmp_path,
     with open(out / "results.csv") as f:
         assert [row["model"] for row in csv.DictReader(f)] == ["teacher", "scratch", "kd", "e2kd"]
 
-    again = CliRunner().invoke(app, ["demo", "--out", str(out), "--epochs", "1", "--teacher-epochs", "1"])
+    again = CliRunner().invoke(app, ["demo", "--out", str(out), "--epochs", "1", "--teacher-epochs", "1", "--train-size", "128"])
     assert again.exit_code == 0 and again.output.count("already trained") == 4
 
 

@@ -338,15 +338,17 @@ def demo(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/demo"),
     epochs: Annotated[Optional[int], typer.Option(min=1, help="student epochs (default: the demo's)")] = None,
     teacher_epochs: Annotated[Optional[int], typer.Option(min=1, help="teacher epochs (default: the demo's)")] = None,
+    train_size: Annotated[Optional[int], typer.Option(
+        min=64, help="training images (default 2000); the test and shifted splits get half as many")] = None,
     device: Device = None,
 ) -> None:
     """Teacher on unbiased shapes; scratch, KD and e²KD students on shapes with a decoy-patch
     shortcut; one table of accuracy and where each model looks."""
-    from kdlens.demo import DEMO_EPOCHS, DEMO_TEACHER_EPOCHS, run_demo
+    from kdlens.demo import DEMO_EPOCHS, DEMO_TEACHER_EPOCHS, DEMO_TRAIN_SIZE, run_demo
     from kdlens.device import resolve_device
 
     run_demo(out, epochs=epochs or DEMO_EPOCHS, teacher_epochs=teacher_epochs or DEMO_TEACHER_EPOCHS, log=typer.echo,
-             device=resolve_device(device))
+             device=resolve_device(device), train_size=train_size or DEMO_TRAIN_SIZE)
 
 
 @app.command()

@@ -326,7 +326,9 @@ def build_jit(model: nn.Module, x: Tensor) -> Forward:
 
 def build_onnxruntime(model: nn.Module, x: Tensor) -> Forward:
     """Exported to ONNX with a dynamic batch size, run by onnxruntime's CPU provider with torch's
-    thread count."""
+    thread count and without spinning: between its calls torch works (a student's step, the next
+    perturbations), and onnxruntime's idle threads spinning on the same cores slowed a KD step by
+    ~15% (measured: 1.17× torchdistill without spinning, 0.99× with), for ≤ 6% of pure throughput."""
     if x.device.type != "cpu":
         raise BackendRefused("onnxruntime runs models on the CPU only here")
     import onnxruntime
@@ -339,6 +341,7 @@ def build_onnxruntime(model: nn.Module, x: Tensor) -> Forward:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only
     session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
     return lambda batch: torch.from_numpy(session.run(None, {"x": batch.detach().contiguous().numpy()})[0])
