@@ -111,7 +111,7 @@ class SlurmLauncher:
                 log(f"{label}: finished")
                 continue
             if not folder.read_launch().get("error"):
-                record_failure(folder, str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+                record_failure(folder, error)
             log(f"{label}: failed: {folder.read_launch()['error']} (log: {job.paths.stderr})")
 
     def _queued_job(self, folder: RunFolder) -> str | None:
