@@ -43,6 +43,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/explainers.py
 	$(BIN)/python benchmarks/metrics.py
+	$(BIN)/python benchmarks/precision.py
 	$(BIN)/python benchmarks/tables.py configs/benchmarks/fashion_mnist.yaml
 	$(BIN)/python benchmarks/tables.py configs/benchmarks/shortcut.yaml
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bcos_recipe.py

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 PARTS = ["fashion_mnist.md", "shortcut.md", "shortcut_cost.md", "bcos_recipe.md", "shortcut_bcos.md", "shortcut_bcos_cost.md",
-         "training.md", "explainers.md", "metrics.md"]
+         "training.md", "explainers.md", "metrics.md", "precision.md"]
 
 
 def _as_section(part: str) -> str:

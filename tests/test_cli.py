@@ -88,6 +88,27 @@ def test_evaluate_explanations_writes_per_sample_scores_and_an_aggregate(tmp_pat
     assert bad.exit_code == 2 and "pointing_game" in bad.output
 
 
+def test_the_metrics_forward_passes_run_in_a_chosen_precision(tmp_path, teacher_checkpoint):
+    import csv
+
+    scores = {}
+    for precision in ("float32", "bfloat16"):
+        out = tmp_path / precision
+        args = ["evaluate", str(teacher_checkpoint), "--explainer", "gradcam", "--metrics", "pixel_flipping",
+                "--n", "4", "--sweep-precision", precision, "--out", str(out)]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        with open(out / "explanations.csv") as f:
+            scores[precision] = [float(r["pixel_flipping"]) for r in csv.DictReader(f)]
+    assert scores["bfloat16"] != scores["float32"]  # the sweeps ran under bfloat16 autocast ...
+    assert all(abs(a - b) < 0.01 * abs(b) for a, b in zip(scores["bfloat16"], scores["float32"], strict=True))  # ... closely
+
+    bad = runner.invoke(app, ["evaluate", str(teacher_checkpoint), "--explainer", "gradcam", "--sweep-precision", "float64"])
+    assert bad.exit_code == 2 and "unknown sweep precision 'float64'" in bad.output and "bfloat16" in bad.output
+    bad = runner.invoke(app, ["evaluate", str(teacher_checkpoint), "--sweep-precision", "bfloat16"])
+    assert bad.exit_code == 2 and "add --explainer" in bad.output
+
+
 def test_a_layer_name_that_does_not_exist_is_a_clear_error(tmp_path, teacher_checkpoint):
     raw = tiny_experiment(tmp_path / "e2kd", teacher={"name": "resnet8", "checkpoint": str(teacher_checkpoint)},
                           losses=[{"name": "kd"}, {"name": "e2kd", "student_layer": "layer4"}])

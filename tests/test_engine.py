@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from kdlens.engine import BACKENDS, InferenceEngine, UnknownBackend, inference_forward
-from kdlens.engine.core import PARITY_RTOL, auto_candidates
+from kdlens.engine.core import PARITY_RTOL, auto_candidates, input_kind, parity_tolerance
 from kdlens.models import create_model, get_model_spec, list_models
 
 SKIPPED = {
@@ -49,7 +49,7 @@ def test_every_candidate_backend_matches_eager_on_the_zoo(name):
         engine = InferenceEngine(model, backend)
         assert_close_to_eager(model, x, engine)
         if get_model_spec(name).family != "bcos":
-            assert engine.chosen[(tuple(x.shape[1:]), x.dtype, x.device)] == backend
+            assert engine.chosen[input_kind(x)] == backend
 
 
 def test_auto_measures_once_and_keeps_a_backend_that_matches_eager():
@@ -59,7 +59,7 @@ def test_auto_measures_once_and_keeps_a_backend_that_matches_eager():
     assert_close_to_eager(model, x[:2], engine)
     assert not engine.chosen  # a probe-sized batch decides nothing
     assert_close_to_eager(model, x, engine)
-    kind = (tuple(x.shape[1:]), x.dtype, x.device)
+    kind = input_kind(x)
     assert set(engine.measured[kind]) >= {"eager", *auto_candidates(x)}
     assert engine.chosen[kind] in engine.measured[kind]
     assert_close_to_eager(model, torch.randn(5, 3, 32, 32), engine)  # another batch size
@@ -178,3 +178,62 @@ def test_metric_scores_on_the_engine_match_eager():
         set_default_backend("auto")
     for name in metrics:
         torch.testing.assert_close(scores["onnxruntime"][name], scores["eager"][name], rtol=1e-4, atol=1e-5)
+
+
+def test_models_of_several_inputs_run_on_every_backend():
+    """The rest of a model cut inside a residual block takes the layer output and the block's input."""
+    from kdlens.explain import ModelSplit
+
+    torch.manual_seed(0)
+    model = create_model("resnet8", 10, 3).eval()
+    x = torch.rand(6, 3, 32, 32)
+    split = ModelSplit.at(model, "layer1.0.conv2", x)
+    with torch.no_grad():
+        layer_output, carried = split.prefix(x)
+        expected = model(x)
+    for backend in auto_candidates(x):
+        engine = InferenceEngine(split.rest_module, backend)
+        with torch.inference_mode():
+            actual = engine(layer_output, carried)
+        assert engine.chosen[input_kind(layer_output, carried)] == backend
+        assert (actual - expected).abs().max() <= PARITY_RTOL * expected.abs().max()
+
+
+@pytest.mark.parametrize("precision", [torch.bfloat16, torch.float16])
+def test_under_autocast_copies_run_in_its_precision_and_traced_ones_refuse(precision):
+    torch.manual_seed(0)
+    model = create_model("resnet8", 10, 3).eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=precision):
+        expected = model(x)
+        folded, jit = InferenceEngine(model, "folded"), InferenceEngine(model, "jit")
+        actual = folded(x)
+        jit(x)
+        kind = input_kind(x)
+    assert kind[2] == precision and actual.dtype == precision
+    assert folded.chosen[kind] == "folded" and jit.chosen[kind] == "eager"
+    error = (actual.float() - expected.float()).abs().max() / expected.float().abs().max()
+    assert 0 < error <= parity_tolerance(precision)
+    assert auto_candidates(x) == ["folded", "jit", "onnxruntime"]  # autocast is off again
+
+
+def test_ablation_cam_runs_its_head_on_the_engine():
+    from kdlens.engine import set_default_backend
+    from kdlens.explain import make_explainer
+
+    torch.manual_seed(0)
+    model = create_model("resnet8", 10, 3).eval()
+    x = torch.rand(4, 3, 32, 32)
+    y = torch.arange(4)
+    maps = {}
+    try:
+        for backend in ("eager", "jit"):
+            set_default_backend(backend)
+            explainer = make_explainer(model, "ablationcam", "layer2")
+            maps[backend] = explainer.attribute(x, y)
+            split = explainer._splits["layer2"]
+            assert isinstance(split.rest, InferenceEngine) == (backend == "jit")
+    finally:
+        set_default_backend("auto")
+    assert set(split.rest.chosen.values()) == {"jit"}
+    torch.testing.assert_close(maps["jit"], maps["eager"], rtol=1e-4, atol=1e-5)

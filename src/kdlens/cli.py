@@ -224,6 +224,7 @@ def evaluate(
     layer: Annotated[Optional[str], typer.Option(help="module path the CAM-family explainers explain, e.g. layer4 (default: each model's last feature stage)")] = None,
     tta: Annotated[bool, typer.Option("--tta", help="average each explanation over horizontal flip × brightness {0.9, 1, 1.1} (the thesis's aug_smooth)")] = False,
     n: Annotated[Optional[int], typer.Option("--n", min=1, help="explain only the first n test images")] = None,
+    sweep_precision: Annotated[str, typer.Option("--sweep-precision", help="precision of the explanation metrics' forward passes: float32, or bfloat16 / float16 (autocast, for GPUs; docs/benchmarks/precision.md measures which metrics keep their scores)")] = "float32",
     out: Annotated[Optional[Path], typer.Option(help="folder for results.json/.csv and the explanation scores")] = None,
     device: Device = None,
 ) -> None:
@@ -237,8 +238,9 @@ def evaluate(
     from kdlens.io import atomic_write_text, rows_to_csv, write_json
     from kdlens.report.tables import flatten_report, format_table
 
-    if not explainer and (layer is not None or tta or metrics != "thesis"):
-        raise ConfigError("--layer, --tta and --metrics are options of the explanations: add --explainer (e.g. --explainer gradcam)")
+    if not explainer and (layer is not None or tta or metrics != "thesis" or sweep_precision != "float32"):
+        raise ConfigError("--layer, --tta, --metrics and --sweep-precision are options of the explanations: "
+                          "add --explainer (e.g. --explainer gradcam)")
     if explainer:  # names first, before any checkpoint or data is read
         from kdlens.explain import EXPLAINERS
         from kdlens.registry import unknown_name_message
@@ -249,7 +251,7 @@ def evaluate(
     chosen_device = resolve_device(device)
     inputs = open_checkpoints(checkpoints, data, set_, teacher=teacher)
     # Check every explanation name now, before the accuracy pass and before any file is written.
-    plan = plan_explanations(inputs, explainer, metrics, target, layer, tta, n) if explainer else None
+    plan = plan_explanations(inputs, explainer, metrics, target, layer, tta, n, sweep_precision) if explainer else None
     reports = evaluate_classification(inputs, chosen_device)
     rows = [{"model": path, **flatten_report(report)} for path, report in reports.items()]
     typer.echo(format_table(rows))

@@ -1,5 +1,10 @@
 """The inference engine: a model's forward-only callable, run by the backend measured fastest for
-each input kind (per-sample shape, dtype, device) among those that reproduce the model's logits.
+each input kind (per-sample shapes, dtypes and device of its inputs, and the autocast precision in
+effect) among those that reproduce the model's outputs. Models may take several tensors, each with
+the batch first (e.g. the rest of a model cut at a layer, :class:`kdlens.explain.ModelSplit`).
+
+Under ``torch.autocast`` (reduced-precision sweeps) the copies run under the same autocast and are
+checked against the model under it, within a tolerance scaled to the precision (:func:`parity_tolerance`).
 
 Every backend but ``eager`` runs a copy of the weights, so each call compares the parameters' and
 buffers' storage and version counters with those the copy was built from and rebuilds it after any
@@ -30,7 +35,11 @@ logger = logging.getLogger(__name__)
 
 PARITY_RTOL = 1e-4
 """A backend is used only if its logits on the first batch are within this fraction of the
-logits' largest magnitude from the eager ones."""
+logits' largest magnitude from the eager ones (in float32; see :func:`parity_tolerance`)."""
+REDUCED_PRECISION_EPS = 4
+"""Under autocast, the tolerance in units of the precision's machine epsilon: a BN-folded copy
+rounds other weights than the model does (measured on resnet20: 0.8 eps in bfloat16, 0.4 eps in
+float16, between the model and its folded copy under the same autocast)."""
 SPEEDUP_MARGIN = 1.05
 """``auto`` keeps eager unless a backend is at least this much faster (timing noise)."""
 SELECT_AFTER_SECONDS = 5.0
@@ -48,8 +57,21 @@ MEASURE_ROUNDS = 3
 """Timed rounds when choosing; each round runs every backend once, so that load from other jobs
 hits them alike, and each backend keeps its best time."""
 
-Forward = Callable[[Tensor], Tensor]
-InputKind = tuple[tuple[int, ...], torch.dtype, torch.device]
+Forward = Callable[..., Tensor]
+InputKind = tuple[tuple[tuple[tuple[int, ...], torch.dtype], ...], torch.device, torch.dtype | None]
+"""Per input its per-sample shape and dtype; the device; the autocast precision (None: off)."""
+
+
+def input_kind(*inputs: Tensor) -> InputKind:
+    device = inputs[0].device
+    return tuple((tuple(x.shape[1:]), x.dtype) for x in inputs), device, autocast_dtype(device)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The precision autocast runs ``device``'s operations in, None where it is off."""
+    if not torch.is_autocast_enabled(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)
 
 
 class UnknownBackend(UserError, ValueError):
@@ -123,50 +145,50 @@ class InferenceEngine:
             raise RuntimeError("the engine's model no longer exists")
         return model
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, *inputs: Tensor) -> Tensor:
         model = self.model
-        if self.backend == "eager" or self._needs_eager(model, x):
-            return model(x)
-        kind = (tuple(x.shape[1:]), x.dtype, x.device)
+        if self.backend == "eager" or self._needs_eager(model, inputs):
+            return model(*inputs)
+        kind = input_kind(*inputs)
         backend = self.chosen.get(kind)
         if backend is None:
             spent = self._eager_seconds.get(kind, 0.0)
-            if self.backend == "auto" and (spent < self.select_after or len(x) < CHOICE_MIN_BATCH):
+            if self.backend == "auto" and (spent < self.select_after or len(inputs[0]) < CHOICE_MIN_BATCH):
                 started = time.perf_counter()
-                logits = model(x)
+                logits = model(*inputs)
                 self._eager_seconds[kind] = spent + time.perf_counter() - started
                 return logits
-            backend = self.chosen[kind] = self._choose(model, x, kind)
+            backend = self.chosen[kind] = self._choose(model, inputs, kind)
         if backend == "eager":
-            return model(x)
+            return model(*inputs)
         built = self._built.get(kind)
         if built is None or built.weights != weights_signature(model):
-            built = self._build(backend, model, x)
+            built = self._build(backend, model, inputs)
             if built is None:  # the new weights broke parity or the build
                 self.chosen[kind] = "eager"
-                return model(x)
+                return model(*inputs)
             self._built[kind] = built
-        return built.run(x)
+        return built.run(*inputs)
 
-    def _needs_eager(self, model: nn.Module, x: Tensor) -> bool:
-        reason = eager_reason(model, x)
+    def _needs_eager(self, model: nn.Module, inputs: tuple[Tensor, ...]) -> bool:
+        reason = eager_reason(model, inputs)
         if reason is not None:
             self._log(f"{_name(model)} runs eager: {reason}")
         return reason is not None
 
-    def _choose(self, model: nn.Module, x: Tensor, kind: InputKind) -> str:
+    def _choose(self, model: nn.Module, inputs: tuple[Tensor, ...], kind: InputKind) -> str:
         reason = structural_reason(model)
         if reason is not None:
             self._log(f"{_name(model)} runs eager: {reason}")
             return "eager"
-        probe = x[:MEASURE_BATCH]
+        probe = tuple(x[:MEASURE_BATCH] for x in inputs)
         if self.backend != "auto":
             built = self._build(self.backend, model, probe)
             if built is None:
                 return "eager"
             self._built[kind] = built
             return self.backend
-        builds = {name: built for name in auto_candidates(x) if (built := self._build(name, model, probe)) is not None}
+        builds = {name: built for name in auto_candidates(*inputs) if (built := self._build(name, model, probe)) is not None}
         times = _seconds_per_forward({"eager": model, **{name: built.run for name, built in builds.items()}}, probe)
         best = min(times, key=times.__getitem__)
         if times[best] * SPEEDUP_MARGIN > times["eager"]:
@@ -175,18 +197,18 @@ class InferenceEngine:
         if best != "eager":
             self._built[kind] = builds[best]
         logger.info(
-            "%s on %s: %s (%s)", _name(model), tuple(x.shape), best,
+            "%s on %s: %s (%s)", _name(model), ", ".join(str(tuple(x.shape)) for x in inputs), best,
             ", ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in times.items()),
         )
         return best
 
-    def _build(self, backend: str, model: nn.Module, x: Tensor) -> _Built | None:
-        """``backend``'s runner of ``model`` for inputs like ``x``, checked against eager on ``x``;
-        None (the reason logged) when it cannot take the model."""
+    def _build(self, backend: str, model: nn.Module, inputs: tuple[Tensor, ...]) -> _Built | None:
+        """``backend``'s runner of ``model`` for inputs like ``inputs``, checked against eager on
+        them; None (the reason logged) when it cannot take the model."""
         try:
             weights = weights_signature(model)
             with torch.inference_mode(False), torch.no_grad():
-                example = x.detach().clone()
+                example = tuple(x.detach().clone() for x in inputs)
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     run = BUILDERS[backend](model, example)
@@ -206,14 +228,13 @@ class InferenceEngine:
             logger.info(message)
 
 
-def eager_reason(model: nn.Module, x: Tensor) -> str | None:
+def eager_reason(model: nn.Module, inputs: tuple[Tensor, ...]) -> str | None:
     """Why this call must run the model itself, or None."""
-    if model.training:
+    # The root and the leaves: a traced model's containers are fresh modules its forward never calls.
+    if model.training or any(m.training for m in model.modules() if next(m.children(), None) is None):
         return "it is in training mode"
-    if torch.is_grad_enabled() and x.requires_grad:
+    if torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
         return "gradients with respect to the input are requested"
-    if torch.is_autocast_enabled(x.device.type):
-        return "autocast is on (the copies run in their own precision)"
     if any(_global_hooks()) or any(
         m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in model.modules()
     ):
@@ -246,27 +267,39 @@ def weights_signature(model: nn.Module) -> tuple[tuple[int, int], ...]:
     return tuple((t.data_ptr(), t._version) for t in itertools.chain(model.parameters(), model.buffers()))
 
 
-def check_parity(model: nn.Module, run: Forward, x: Tensor) -> None:
-    expected, actual = model(x), run(x)
+def parity_tolerance(precision: torch.dtype | None) -> float:
+    """The largest difference from eager, as a fraction of the logits' largest magnitude, that a
+    backend may have at this autocast precision (None: off)."""
+    if precision is None:
+        return PARITY_RTOL
+    return max(PARITY_RTOL, REDUCED_PRECISION_EPS * torch.finfo(precision).eps)
+
+
+def check_parity(model: nn.Module, run: Forward, inputs: tuple[Tensor, ...]) -> None:
+    expected, actual = model(*inputs), run(*inputs)
     if not isinstance(actual, Tensor) or actual.shape != expected.shape:
         raise BackendRefused("its output differs in type or shape")
     scale = expected.detach().abs().amax().float().clamp_min(torch.finfo(torch.float32).tiny)
     error = ((actual.to(expected) - expected).abs().amax().float() / scale).item()
-    if not error <= PARITY_RTOL:
+    if not error <= parity_tolerance(autocast_dtype(inputs[0].device)):
         raise BackendRefused(f"its logits differ from eager by {error:.1e} of their scale")
 
 
-def auto_candidates(x: Tensor) -> list[str]:
-    """The backends ``auto`` measures for inputs like ``x``. torch.compile only on CUDA: on a CPU
+def auto_candidates(*inputs: Tensor) -> list[str]:
+    """The backends ``auto`` measures for inputs like these. torch.compile only on CUDA: on a CPU
     (1 thread, 32 px) it measured 0.59× eager on torchvision resnet18 and 1.8–1.9× on CIFAR
     resnet20/56, against 1.6–2.0× for jit and 1.3–2.4× for onnxruntime, after a compilation that
-    costs far more than their builds."""
-    if x.device.type == "cuda":
+    costs far more than their builds. Under autocast only the copies that run under it (folded,
+    compile): traced and exported graphs run in the precision they were made in."""
+    device = inputs[0].device
+    if autocast_dtype(device) is not None:
+        return ["folded", "compile"] if device.type == "cuda" else ["folded"]
+    if device.type == "cuda":
         return ["folded", "jit", "compile"]
-    if x.device.type != "cpu":
+    if device.type != "cpu":
         return ["folded"]
     candidates = ["folded", "jit"]
-    if x.dtype == torch.float32 and _has_onnxruntime():
+    if all(x.dtype == torch.float32 for x in inputs) and _has_onnxruntime():
         candidates.append("onnxruntime")
     return candidates
 
@@ -277,21 +310,22 @@ def _has_onnxruntime() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 
 
-def _seconds_per_forward(forwards: dict[str, Forward], x: Tensor) -> dict[str, float]:
-    """Per backend, the best time of one forward of ``x`` over :data:`MEASURE_ROUNDS` rounds,
+def _seconds_per_forward(forwards: dict[str, Forward], inputs: tuple[Tensor, ...]) -> dict[str, float]:
+    """Per backend, the best time of one forward of ``inputs`` over :data:`MEASURE_ROUNDS` rounds,
     after a warm-up forward each."""
     times: dict[str, list[float]] = {name: [] for name in forwards}
+    device = inputs[0].device
     with torch.inference_mode():
         for forward in forwards.values():
-            forward(x)
+            forward(*inputs)
         for _ in range(MEASURE_ROUNDS):
             for name, forward in forwards.items():
-                if x.device.type == "cuda":
-                    torch.cuda.synchronize(x.device)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
                 started = time.perf_counter()
-                forward(x)
-                if x.device.type == "cuda":
-                    torch.cuda.synchronize(x.device)
+                forward(*inputs)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
                 times[name].append(time.perf_counter() - started)
     return {name: min(seconds) for name, seconds in times.items()}
 
@@ -307,36 +341,50 @@ def _channels_last(x: Tensor) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
 
 
-def build_folded(model: nn.Module, x: Tensor) -> Forward:
-    """A copy with each batch norm folded into the convolution before it (torch.fx), channels-last."""
+def _few(inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Two samples of each input: what tracing and export run on (the parity check then runs
+    another batch size, which shows whether the batch size was baked in)."""
+    return tuple(x[:2] for x in inputs)
+
+
+def _refuse_autocast(inputs: tuple[Tensor, ...]) -> None:
+    if autocast_dtype(inputs[0].device) is not None:
+        raise BackendRefused("it runs in the precision it was made in, not under autocast")
+
+
+def build_folded(model: nn.Module, inputs: tuple[Tensor, ...]) -> Forward:
+    """A copy with each batch norm folded into the convolution before it (torch.fx), channels-last;
+    it runs under the caller's autocast, if any."""
     from torch.fx.experimental.optimization import fuse
 
     folded = fuse(model, inplace=False)
-    if x.ndim == 4:
+    if any(x.ndim == 4 for x in inputs):
         folded = folded.to(memory_format=torch.channels_last)
-    return lambda batch: folded(_channels_last(batch))
+    return lambda *batch: folded(*map(_channels_last, batch))
 
 
-def build_jit(model: nn.Module, x: Tensor) -> Forward:
-    """Traced on two images (the parity check then runs another batch size), frozen (weights become
-    constants, batch norms folded) and optimised for inference."""
-    traced = torch.jit.trace(model, x[:2] if len(x) > 2 else x, check_trace=False)
+def build_jit(model: nn.Module, inputs: tuple[Tensor, ...]) -> Forward:
+    """Traced, frozen (weights become constants, batch norms folded) and optimised for inference."""
+    _refuse_autocast(inputs)
+    traced = torch.jit.trace(model, _few(inputs), check_trace=False)
     return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
 
 
-def build_onnxruntime(model: nn.Module, x: Tensor) -> Forward:
+def build_onnxruntime(model: nn.Module, inputs: tuple[Tensor, ...]) -> Forward:
     """Exported to ONNX with a dynamic batch size, run by onnxruntime's CPU provider with torch's
     thread count and without spinning: between its calls torch works (a student's step, the next
     perturbations), and onnxruntime's idle threads spinning on the same cores slowed a KD step by
     ~15% (measured: 1.17× torchdistill without spinning, 0.99× with), for ≤ 6% of pure throughput."""
-    if x.device.type != "cpu":
+    if inputs[0].device.type != "cpu":
         raise BackendRefused("onnxruntime runs models on the CPU only here")
+    _refuse_autocast(inputs)
     import onnxruntime
 
+    names = [f"x{i}" for i in range(len(inputs))]
     buffer = io.BytesIO()
     torch.onnx.export(
-        model, (x[:2] if len(x) > 2 else x,), buffer, input_names=["x"], output_names=["logits"],
-        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+        model, _few(inputs), buffer, input_names=names, output_names=["logits"],
+        dynamic_axes={name: {0: "batch"} for name in [*names, "logits"]}, dynamo=False,
     )
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
@@ -344,18 +392,23 @@ def build_onnxruntime(model: nn.Module, x: Tensor) -> Forward:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only
     session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-    return lambda batch: torch.from_numpy(session.run(None, {"x": batch.detach().contiguous().numpy()})[0])
+
+    def run(*batch: Tensor) -> Tensor:
+        feed = {name: x.detach().contiguous().numpy() for name, x in zip(names, batch, strict=True)}
+        return torch.from_numpy(session.run(None, feed)[0])
+
+    return run
 
 
-def build_compile(model: nn.Module, x: Tensor) -> Forward:
+def build_compile(model: nn.Module, inputs: tuple[Tensor, ...]) -> Forward:
     """torch.compile of a copy; on CUDA with CUDA graphs (``reduce-overhead``), whose outputs live
     in buffers the next call overwrites, hence the clone."""
-    compiled = torch.compile(copy.deepcopy(model), mode="reduce-overhead" if x.device.type == "cuda" else None)
-    compiled(x)  # compile now, not in the first measured call
-    return lambda batch: compiled(batch).clone()
+    compiled = torch.compile(copy.deepcopy(model), mode="reduce-overhead" if inputs[0].device.type == "cuda" else None)
+    compiled(*inputs)  # compile now, not in the first measured call
+    return lambda *batch: compiled(*batch).clone()
 
 
-BUILDERS: dict[str, Callable[[nn.Module, Tensor], Forward]] = {
+BUILDERS: dict[str, Callable[[nn.Module, tuple[Tensor, ...]], Forward]] = {
     "folded": build_folded,
     "jit": build_jit,
     "onnxruntime": build_onnxruntime,

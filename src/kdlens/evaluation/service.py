@@ -13,7 +13,7 @@ from kdlens.config import ConfigError, apply_override, validate_data_config
 from kdlens.data import DataBundle, DataConfigBase, build_data
 from kdlens.device import resolve_device
 from kdlens.explain import check_target
-from kdlens.metrics.base import ExplanationMetric
+from kdlens.metrics.base import SWEEP_PRECISIONS, ExplanationMetric
 from kdlens.metrics.evaluate import evaluate_models
 from kdlens.metrics.explanation_evaluation import aggregate_scores, check_explainers, evaluate_explanations, metrics_from_spec
 from kdlens.runs.checkpoints import CheckpointInfo, check_fits, load_model
@@ -114,6 +114,8 @@ class ExplanationPlan:
     layer: str | None = None
     tta: bool = False
     n: int | None = None
+    precision: str = "float32"
+    """The metrics' forward passes' precision, a name of :data:`~kdlens.metrics.base.SWEEP_PRECISIONS`."""
 
     @property
     def models(self) -> dict[str, nn.Module]:
@@ -139,12 +141,15 @@ def plan_explanations(
     layer: str | None = None,
     tta: bool = False,
     n: int | None = None,
+    precision: str = "float32",
 ) -> ExplanationPlan:
     """Check the explanation options against the data and every model (the teacher's included)
-    without doing any work: unknown methods, metrics, layers or targets, metrics needing masks the
-    data lacks (ConfigError / ExplainError, before anything is computed or written)."""
+    without doing any work: unknown methods, metrics, layers, targets or precisions, metrics needing
+    masks the data lacks (ConfigError / ExplainError, before anything is computed or written)."""
+    if precision not in SWEEP_PRECISIONS:
+        raise ConfigError(f"unknown sweep precision '{precision}': choose one of {', '.join(SWEEP_PRECISIONS)}")
     methods = [m.strip() for m in explainers.split(",") if m.strip()]
-    plan = ExplanationPlan(inputs, methods, {}, target, layer, tta, n)
+    plan = ExplanationPlan(inputs, methods, {}, target, layer, tta, n, precision)
     check_explainers(plan.models, methods, layer)
     check_target(target, inputs.teacher is not None)
     bundle = inputs.bundle
@@ -166,7 +171,8 @@ def run_explanations(plan: ExplanationPlan, device: str | torch.device | None = 
     try:
         results = evaluate_explanations(plan.models, plan.inputs.bundle.test, plan.methods, plan.metrics,
                                         target=plan.target, teacher=plan.inputs.teacher, n=plan.n, layer=plan.layer,
-                                        tta=plan.tta, device=resolve_device(device))
+                                        tta=plan.tta, device=resolve_device(device),
+                                        precision=SWEEP_PRECISIONS[plan.precision])
     except (KeyError, ValueError) as err:
         raise ConfigError(str(err).strip("'\"")) from None
     return ExplanationScores(results.scores, aggregate_scores(results.scores, list(plan.metrics)), results.curves)

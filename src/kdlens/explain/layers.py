@@ -10,6 +10,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from kdlens.engine import inference_forward
 from kdlens.explain.errors import ExplainError, require_autograd
 from kdlens.models import FeatureTaps, resolve_module
 from kdlens.models.modes import eval_mode
@@ -181,11 +182,15 @@ class ModelSplit:
     the values computed before the layer that the rest still reads (e.g. a residual shortcut's
     input when the layer is inside a block); each has the batch as its first dimension, so
     ``carried[b_index]`` selects the samples whose edited layer outputs are evaluated.
+
+    A traced ``rest`` runs on :mod:`kdlens.engine` (the fastest backend that reproduces it; the
+    module itself wherever gradients, hooks or training mode need it).
     """
 
     def __init__(self, prefix: Callable[..., tuple[Tensor, ...]], rest: Callable[..., Tensor]) -> None:
         self.prefix = prefix
-        self.rest = rest
+        self.rest_module = rest  # the engine refers to its model weakly
+        self.rest = inference_forward(rest) if isinstance(rest, nn.Module) else rest
 
     @classmethod
     def at(cls, model: nn.Module, layer: str, probe: Tensor) -> ModelSplit | None:
@@ -213,14 +218,14 @@ class ModelSplit:
     def _on_token_grid(self, layout: tuple[int, int, int]) -> ModelSplit:
         """This split with the layer's tokens as a (B, C, h, w) map: the prefix tokens are carried
         (first), so ``rest(map, prefix tokens, *carried)``."""
-        prefix, rest = self.prefix, self.rest
+        split = self
 
         def grid_prefix(x: Tensor) -> tuple[Tensor, ...]:
-            tokens, *carried = prefix(x)
+            tokens, *carried = split.prefix(x)
             return (tokens_to_grid(tokens, layout), tokens[:, : layout[0]], *carried)
 
         def grid_rest(grid: Tensor, prefix_tokens: Tensor, *carried: Tensor) -> Tensor:
-            return rest(grid_to_tokens(grid, prefix_tokens), *carried)
+            return split.rest(grid_to_tokens(grid, prefix_tokens), *carried)
 
         return ModelSplit(grid_prefix, grid_rest)
 
@@ -268,7 +273,11 @@ def _cut(model: nn.Module, graph: fx.Graph, layer: str) -> tuple[fx.GraphModule,
     for node in graph.nodes:
         if node in after or node in constants:
             env[node] = rest_graph.node_copy(node, env.__getitem__)
-    return fx.GraphModule(model, prefix_graph), fx.GraphModule(model, rest_graph)
+    prefix, rest = fx.GraphModule(model, prefix_graph), fx.GraphModule(model, rest_graph)
+    # Their own training flags are read by nothing (their modules keep theirs): off, so that the
+    # engine, which runs eager while the root or a leaf module trains, looks at the leaves alone.
+    prefix.training = rest.training = False
+    return prefix, rest
 
 
 def _reachable(start: list[fx.Node], neighbours: Callable[[fx.Node], Iterable[fx.Node]]) -> set[fx.Node]:

@@ -29,6 +29,10 @@ from kdlens.metrics.functional import flatten, prepare_attributions
 from kdlens.models.modes import eval_mode  # noqa: F401  (re-exported: the one eval_mode)
 from kdlens.registry import METRICS, Registry
 
+SWEEP_PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The precisions the metrics' forward passes can run in (:class:`EvaluationContext`), by name;
+None: float32, without autocast."""
+
 ExplainFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 """``explain_fn(model, x, y) -> a``: attributions of ``model`` for the classes ``y`` on inputs ``x``."""
 
@@ -207,9 +211,13 @@ class EvaluationContext:
         *,
         max_batch: int = 256,
         memory_format: torch.memory_format | None = None,
+        precision: torch.dtype | None = None,
     ) -> None:
         """``max_batch`` bounds the images per forward (and explain) call; ``memory_format`` (e.g.
-        ``torch.channels_last``) is applied to every batch given to the model."""
+        ``torch.channels_last``) is applied to every batch given to the model; ``precision``
+        (``torch.bfloat16`` or ``torch.float16``) runs the forward-only passes (clean and perturbed)
+        under autocast in that precision: for GPUs, and only for the metrics that tolerate it
+        (:data:`REDUCED_PRECISION_TOLERANT`)."""
         if x.ndim != 4:
             raise ValueError(f"x must be an image batch (B, C, H, W), got shape {tuple(x.shape)}")
         if a is not None and (
@@ -220,6 +228,8 @@ class EvaluationContext:
             raise ValueError(f"s must have shape (B, 1, H, W) matching x {tuple(x.shape)}, got {tuple(s.shape)}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if precision not in (None, torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"precision must be torch.bfloat16, torch.float16 or None (float32), got {precision}")
         self.model = model
         # Forward-only passes run on kdlens.engine's backend for the model (same logits, faster).
         self._model_forward = None if model is None else inference_forward(model)
@@ -230,6 +240,7 @@ class EvaluationContext:
         self.explain_fn = explain_fn
         self.max_batch = max_batch
         self.memory_format = memory_format
+        self.precision = None if precision == torch.float32 else precision
         self._attributions: dict[tuple[bool, bool, bool], Tensor] = {}
         self._clean: Readout | None = None
         self._predicted: Tensor | None = None
@@ -330,7 +341,8 @@ class EvaluationContext:
             raise ValueError("this metric needs a model and the explained classes y")
         if self.memory_format is not None:
             batch = batch.contiguous(memory_format=self.memory_format)
-        logits = self._model_forward(batch).float()
+        with torch.autocast(self.device.type, dtype=self.precision, enabled=self.precision is not None):
+            logits = self._model_forward(batch).float()
         self._num_classes = logits.shape[1]  # the same for every batch
         probs = logits.softmax(1)
         top1 = logits.argmax(1)
@@ -389,8 +401,10 @@ class ExplanationMetric(ABC):
         *,
         max_batch: int = 256,
         memory_format: torch.memory_format | None = None,
+        precision: torch.dtype | None = None,
     ) -> Tensor:
-        context = EvaluationContext(model, x, y, a, s, explain_fn, max_batch=max_batch, memory_format=memory_format)
+        context = EvaluationContext(model, x, y, a, s, explain_fn, max_batch=max_batch, memory_format=memory_format,
+                                    precision=precision)
         with eval_mode(model):
             return self.evaluate(context)
 
@@ -445,9 +459,10 @@ class CurveMetric(ExplanationMetric):
         *,
         max_batch: int = 256,
         memory_format: torch.memory_format | None = None,
+        precision: torch.dtype | None = None,
     ) -> Tensor:
         """The curve ``(B, steps)`` the score summarises."""
-        context = EvaluationContext(model, x, y, a, max_batch=max_batch, memory_format=memory_format)
+        context = EvaluationContext(model, x, y, a, max_batch=max_batch, memory_format=memory_format, precision=precision)
         with eval_mode(model):
             return self.compute_curve(context)
 

@@ -124,6 +124,7 @@ def evaluate_explanations(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     keep_maps: bool = False,
+    precision: torch.dtype | None = None,
 ) -> ExplanationResults:
     """Every model × explainer × metric on the first ``n`` samples of ``split``. ``layer``: the
     module path the CAM-family methods explain (default: each model's own, its last feature stage);
@@ -131,7 +132,8 @@ def evaluate_explanations(
     ``aug_smooth``). All metrics of a batch share one context: the clean forward pass and perturbed
     images two metrics have in common (and the per-sample curves) are computed once. The explained
     class comes from :func:`~kdlens.explain.resolve_target` (``teacher``: ``teacher``'s top-1);
-    ``keep_maps`` keeps every map in ``results.maps``."""
+    ``keep_maps`` keeps every map in ``results.maps``; ``precision``: the autocast precision of the
+    metrics' forward passes (:class:`~kdlens.metrics.base.EvaluationContext`; explanations stay float32)."""
     check_target(target, teacher is not None)
     check_explainers(models, explainers, layer)
     if n is not None:
@@ -155,7 +157,7 @@ def evaluate_explanations(
                     kept.append(a.float().cpu())
                 # One context per mask the metrics score against: the object's mask, a decoy's ...
                 contexts = {key: EvaluationContext(model, x, y, a, batch[key].to(device) if key in batch else None,
-                                                   explain_fn)
+                                                   explain_fn, precision=precision)
                             for key in {"mask", *(metric.mask_key for metric in metrics.values())}}
                 with eval_mode(model):
                     scores = {name: metric.evaluate(contexts[metric.mask_key]) for name, metric in metrics.items()}

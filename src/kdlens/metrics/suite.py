@@ -97,9 +97,11 @@ def evaluate_metrics(
     *,
     max_batch: int = 256,
     memory_format: torch.memory_format | None = None,
+    precision: torch.dtype | None = None,
 ) -> dict[str, Tensor]:
     """``{name: (B,) scores}``, every metric on one context: the clean forward pass and any perturbed
-    images two metrics have in common are computed once."""
-    context = EvaluationContext(model, x, y, a, s, explain_fn, max_batch=max_batch, memory_format=memory_format)
+    images two metrics have in common are computed once. ``precision``: see :class:`EvaluationContext`."""
+    context = EvaluationContext(model, x, y, a, s, explain_fn, max_batch=max_batch, memory_format=memory_format,
+                                precision=precision)
     with eval_mode(model):
         return {name: metric.evaluate(context) for name, metric in metrics.items()}
