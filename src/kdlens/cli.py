@@ -252,6 +252,11 @@ def evaluate(
     inputs = open_checkpoints(checkpoints, data, set_, teacher=teacher)
     # Check every explanation name now, before the accuracy pass and before any file is written.
     plan = plan_explanations(inputs, explainer, metrics, target, layer, tta, n, sweep_precision) if explainer else None
+    if plan is not None and plan.precision != "float32":
+        sensitive = [name for name, metric in plan.metrics.items() if metric.precision_sensitive]
+        if sensitive:
+            typer.echo(f"note: {', '.join(sensitive)} can change in {plan.precision} (a pass/fail test of close "
+                       "scores, docs/benchmarks/precision.md): compare them only with scores of the same precision")
     reports = evaluate_classification(inputs, chosen_device)
     rows = [{"model": path, **flatten_report(report)} for path, report in reports.items()]
     typer.echo(format_table(rows))

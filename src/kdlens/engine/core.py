@@ -229,16 +229,18 @@ class InferenceEngine:
 
 
 def eager_reason(model: nn.Module, inputs: tuple[Tensor, ...]) -> str | None:
-    """Why this call must run the model itself, or None."""
-    # The root and the leaves: a traced model's containers are fresh modules its forward never calls.
-    if model.training or any(m.training for m in model.modules() if next(m.children(), None) is None):
-        return "it is in training mode"
+    """Why this call must run the model itself, or None (one pass over the modules: it runs at
+    every call)."""
     if torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
         return "gradients with respect to the input are requested"
-    if any(_global_hooks()) or any(
-        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in model.modules()
-    ):
+    if any(_global_hooks()):
         return "it has hooks (a copy would not run them)"
+    for module in model.modules():
+        # The root and the leaves: a traced model's containers are fresh modules its forward never calls.
+        if module.training and (module is model or next(module.children(), None) is None):
+            return "it is in training mode"
+        if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks:
+            return "it has hooks (a copy would not run them)"
     if torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters()):
         return "its parameters require gradients"
     return None

@@ -373,6 +373,9 @@ class ExplanationMetric(ABC):
     requires: ClassVar[frozenset[Requirement]] = frozenset({"model"})
     higher_is_better: ClassVar[bool] = True
     """Whether larger scores mean better explanations (some metrics decide per instance)."""
+    precision_sensitive: ClassVar[bool] = False
+    """Whether reduced precision in the forward passes (:class:`EvaluationContext` ``precision``)
+    measurably changes the scores (docs/benchmarks/precision.md): a pass/fail test of close outputs."""
     mask_key: ClassVar[str] = "mask"
     """The sample key of the mask ``s`` the metric scores against, when it requires one: the object
     (``mask``), or e.g. a decoy cue (``decoy_mask``)."""
