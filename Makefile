@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # e.g. `make demo TORCH="torch torchvision"` to take what your platform's index serves.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test bench install install-test clean
+.PHONY: demo test bench bench-gpu install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,17 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/tables.py configs/benchmarks/shortcut_bcos.yaml
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/training_cost.py configs/benchmarks/shortcut.yaml
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/training_cost.py configs/benchmarks/shortcut_bcos.yaml
+	$(BIN)/python benchmarks/collect.py
+
+# On a machine with a CUDA GPU: the CUDA tests, then the speed benchmarks and the precision table on
+# it, as *_cuda.md parts beside the CPU ones.
+bench-gpu: $(VENV)/.installed-bench
+	$(BIN)/python -m pytest -q tests/test_cuda.py
+	$(BIN)/python benchmarks/training.py --device cuda --out docs/benchmarks/training_cuda.md
+	$(BIN)/python benchmarks/explainers.py --device cuda --out docs/benchmarks/explainers_cuda.md
+	$(BIN)/python benchmarks/metrics.py --device cuda --e2e-n 64 --out docs/benchmarks/metrics_cuda.md
+	$(BIN)/python benchmarks/metrics.py --device cuda --only-end-to-end --e2e-n 64 --sweep-precision bfloat16 --out docs/benchmarks/metrics_cuda_bfloat16.md
+	$(BIN)/python benchmarks/precision.py --device cuda --out docs/benchmarks/precision_cuda.md
 	$(BIN)/python benchmarks/collect.py
 
 clean:

@@ -255,6 +255,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where both sides run")
     parser.add_argument("--engine", default="auto", choices=BACKENDS, help="kdlens.engine backend of our forward-only passes")
+    parser.add_argument("--out", type=Path, default=OUTPUT)
     args = parser.parse_args()
     set_default_backend(args.engine)
     device = torch.device(args.device)
@@ -264,9 +265,9 @@ def main() -> None:
     results += benchmark_model("resnet20", "layer3", 16, 32, device, floors)
     table = markdown(results, floors, time.perf_counter() - start, device, args.engine)
     print("\n" + table)
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(table)
-    print(f"wrote {OUTPUT}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
