@@ -38,8 +38,8 @@ PARITY_RTOL = 1e-4
 logits' largest magnitude from the eager ones (in float32; see :func:`parity_tolerance`)."""
 REDUCED_PRECISION_EPS = 4
 """Under autocast, the tolerance in units of the precision's machine epsilon: a BN-folded copy
-rounds other weights than the model does (measured on resnet20: 0.8 eps in bfloat16, 0.4 eps in
-float16, between the model and its folded copy under the same autocast)."""
+rounds other weights than the model does (measured on resnet20 under the same autocast, the
+model against its folded copy: 0.8 eps in bfloat16 and in float16)."""
 SPEEDUP_MARGIN = 1.05
 """``auto`` keeps eager unless a backend is at least this much faster (timing noise)."""
 SELECT_AFTER_SECONDS = 5.0

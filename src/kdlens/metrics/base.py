@@ -216,8 +216,8 @@ class EvaluationContext:
         """``max_batch`` bounds the images per forward (and explain) call; ``memory_format`` (e.g.
         ``torch.channels_last``) is applied to every batch given to the model; ``precision``
         (``torch.bfloat16`` or ``torch.float16``) runs the forward-only passes (clean and perturbed)
-        under autocast in that precision: for GPUs, and only for the metrics that tolerate it
-        (:data:`REDUCED_PRECISION_TOLERANT`)."""
+        under autocast in that precision: for GPUs; docs/benchmarks/precision.md measures how far
+        it moves each metric (those it changes say so: :attr:`ExplanationMetric.precision_sensitive`)."""
         if x.ndim != 4:
             raise ValueError(f"x must be an image batch (B, C, H, W), got shape {tuple(x.shape)}")
         if a is not None and (
