@@ -38,6 +38,7 @@ from kdlens.metrics import (
     predictive_entropy,
     reliability_diagram,
 )
+from kdlens.metrics.base import EvaluationContext
 from kdlens.metrics.calibration import expected_calibration_error
 from kdlens.metrics.functional import (
     average_precision,
@@ -405,3 +406,20 @@ def test_random_draws_are_torch_streams_or_quantus_numpy_sequence() -> None:
     assert torch.equal(compat.uniform((2, 3), stream=5), torch.from_numpy(state.uniform(size=(2, 3))))
     assert torch.equal(compat.permutations(2, 5), torch.from_numpy(np.stack([state.permutation(5) for _ in range(2)])))
     assert torch.equal(compat.normal((3,), 0.5, 2.0), torch.from_numpy(state.normal(0.5, 2.0, size=3)))
+
+
+def test_precision_sensitive_metrics_run_in_float32_in_a_reduced_precision_context() -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet8", 10, 3).eval()
+    x, a = torch.rand(4, 3, 32, 32), torch.rand(4, 1, 32, 32)
+    y = model(x).argmax(1)
+    metrics = {"monotonicity": EXPLANATION_METRICS["monotonicity"](features_in_step=384),
+               "pixel_flipping": EXPLANATION_METRICS["pixel_flipping"](features_in_step=384)}
+    assert metrics["monotonicity"].precision_sensitive and not metrics["pixel_flipping"].precision_sensitive
+    full = evaluate_metrics(metrics, model, x, y, a)
+    reduced = evaluate_metrics(metrics, model, x, y, a, precision=torch.bfloat16)
+    assert torch.equal(reduced["monotonicity"], full["monotonicity"])
+    assert not torch.equal(reduced["pixel_flipping"], full["pixel_flipping"])
+    context = EvaluationContext(model, x, y, a, precision=torch.bfloat16)
+    assert context.in_float32().precision is None and context.in_float32() is context.in_float32()
+    assert EvaluationContext(model, x, y, a).in_float32().precision is None

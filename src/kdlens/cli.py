@@ -255,8 +255,8 @@ def evaluate(
     if plan is not None and plan.precision != "float32":
         sensitive = [name for name, metric in plan.metrics.items() if metric.precision_sensitive]
         if sensitive:
-            typer.echo(f"note: {', '.join(sensitive)} can change in {plan.precision} (a pass/fail test of close "
-                       "scores, docs/benchmarks/precision.md): compare them only with scores of the same precision")
+            typer.echo(f"note: {', '.join(sensitive)} run in float32: {plan.precision} changes their scores "
+                       "(a pass/fail test of close scores, docs/benchmarks/precision.md)")
     reports = evaluate_classification(inputs, chosen_device)
     rows = [{"model": path, **flatten_report(report)} for path, report in reports.items()]
     typer.echo(format_table(rows))

@@ -217,7 +217,8 @@ class EvaluationContext:
         ``torch.channels_last``) is applied to every batch given to the model; ``precision``
         (``torch.bfloat16`` or ``torch.float16``) runs the forward-only passes (clean and perturbed)
         under autocast in that precision: for GPUs; docs/benchmarks/precision.md measures how far
-        it moves each metric (those it changes say so: :attr:`ExplanationMetric.precision_sensitive`)."""
+        it moves each metric, and those it changes (:attr:`ExplanationMetric.precision_sensitive`)
+        are evaluated in float32 all the same (:meth:`in_float32`)."""
         if x.ndim != 4:
             raise ValueError(f"x must be an image batch (B, C, H, W), got shape {tuple(x.shape)}")
         if a is not None and (
@@ -241,6 +242,7 @@ class EvaluationContext:
         self.max_batch = max_batch
         self.memory_format = memory_format
         self.precision = None if precision == torch.float32 else precision
+        self._float32: EvaluationContext | None = None
         self._attributions: dict[tuple[bool, bool, bool], Tensor] = {}
         self._clean: Readout | None = None
         self._predicted: Tensor | None = None
@@ -250,6 +252,17 @@ class EvaluationContext:
     @property
     def device(self) -> torch.device:
         return self.x.device
+
+    def in_float32(self) -> EvaluationContext:
+        """This context with its forward passes in float32: itself, or a sibling made once that
+        shares its prepared attributions (its own clean and perturbed passes)."""
+        if self.precision is None:
+            return self
+        if self._float32 is None:
+            self._float32 = EvaluationContext(self.model, self.x, self.y, self.a, self.s, self.explain_fn,
+                                              max_batch=self.max_batch, memory_format=self.memory_format)
+            self._float32._attributions = self._attributions
+        return self._float32
 
     def __len__(self) -> int:
         return len(self.x)
@@ -375,7 +388,8 @@ class ExplanationMetric(ABC):
     """Whether larger scores mean better explanations (some metrics decide per instance)."""
     precision_sensitive: ClassVar[bool] = False
     """Whether reduced precision in the forward passes (:class:`EvaluationContext` ``precision``)
-    measurably changes the scores (docs/benchmarks/precision.md): a pass/fail test of close outputs."""
+    measurably changes the scores (docs/benchmarks/precision.md: a pass/fail test of close
+    outputs); such a metric is evaluated in float32 whatever the context's precision."""
     mask_key: ClassVar[str] = "mask"
     """The sample key of the mask ``s`` the metric scores against, when it requires one: the object
     (``mask``), or e.g. a decoy cue (``decoy_mask``)."""
@@ -421,7 +435,7 @@ class ExplanationMetric(ABC):
         missing = sorted(r for r in self.requires if not given[r])
         if missing:
             raise ValueError(f"{type(self).__name__} needs {', '.join(missing)}")
-        return self.compute(context)
+        return self.compute(context.in_float32() if self.precision_sensitive else context)
 
     @abstractmethod
     def compute(self, context: EvaluationContext) -> Tensor:

@@ -390,7 +390,7 @@ class Monotonicity(FeatureSteps):
     never change and it returns 1 for every sample; there is no compat mode for that.
 
     A strict order test of consecutive scores: in bfloat16 it flipped on 1 image of 24 (a trained
-    resnet20, 8 steps), hence ``precision_sensitive``.
+    resnet20, 8 steps), hence ``precision_sensitive``: its passes always run in float32.
     """
 
     precision_sensitive = True
