@@ -72,10 +72,8 @@ def sweep_metrics(image_shape: tuple[int, int, int]) -> dict[str, km.Explanation
     """Every registered metric that reads the model through forward passes only."""
     overrides = thesis_overrides(*image_shape)
     metrics = {}
-    for name in METRICS.names():
+    for name in km.forward_only_metric_names():
         cls = METRICS.get(name)
-        if cls.requires != frozenset({"model"}):
-            continue
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs = OWN_SETTINGS.get(name) or overrides.get(name) or ({"features_in_step": STEP} if "features_in_step" in fields else {})
         metrics[name] = cls(**kwargs, **({"nr_samples": DRAWS} if "nr_samples" in fields else {}))

@@ -41,14 +41,13 @@ class HostReads(TorchFunctionMode):
 
 
 def forward_only_metrics() -> dict[str, km.ExplanationMetric]:
-    """Every registered metric that reads the model through forward passes only."""
+    """Every registered metric that reads the model through forward passes only, at small settings."""
     metrics = {}
-    for name in METRICS.names():
+    for name in km.forward_only_metric_names():
         cls = METRICS.get(name)
-        if cls.requires == frozenset({"model"}):
-            fields = {f.name for f in dataclasses.fields(cls)}
-            metrics[name] = cls(**({"features_in_step": 64} if "features_in_step" in fields else {}),
-                                **({"nr_samples": 5} if "nr_samples" in fields else {}))
+        fields = {f.name for f in dataclasses.fields(cls)}
+        metrics[name] = cls(**({"features_in_step": 64} if "features_in_step" in fields else {}),
+                            **({"nr_samples": 5} if "nr_samples" in fields else {}))
     return metrics
 
 

@@ -78,7 +78,7 @@ from kdlens.metrics.robustness import (
     LocalLipschitzEstimate,
     MaxSensitivity,
 )
-from kdlens.metrics.suite import METRIC_PRESETS, create_metrics, evaluate_metrics
+from kdlens.metrics.suite import METRIC_PRESETS, create_metrics, evaluate_metrics, forward_only_metric_names
 
 __all__ = [
     "AUC",
@@ -136,6 +136,7 @@ __all__ = [
     "evaluate_metrics",
     "expected_calibration_error",
     "explanation_agreement",
+    "forward_only_metric_names",
     "group_accuracy",
     "predict",
     "predictive_entropy",

@@ -229,7 +229,7 @@ class EvaluationContext:
             raise ValueError(f"s must have shape (B, 1, H, W) matching x {tuple(x.shape)}, got {tuple(s.shape)}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        if precision not in (None, torch.float32, torch.bfloat16, torch.float16):
+        if precision not in (torch.float32, *SWEEP_PRECISIONS.values()):
             raise ValueError(f"precision must be torch.bfloat16, torch.float16 or None (float32), got {precision}")
         self.model = model
         # Forward-only passes run on kdlens.engine's backend for the model (same logits, faster).

@@ -86,6 +86,12 @@ def create_metrics(
     return {name: EXPLANATION_METRICS[name](**params) for name, params in kwargs.items()}
 
 
+def forward_only_metric_names() -> list[str]:
+    """The registered metrics that read the model through forward passes only (the perturbation
+    sweeps): those whose scores ``evaluate_metrics``'s ``precision`` can change."""
+    return [name for name in EXPLANATION_METRICS.names() if EXPLANATION_METRICS[name].requires == frozenset({"model"})]
+
+
 def evaluate_metrics(
     metrics: Mapping[str, ExplanationMetric],
     model: nn.Module | None,
